@@ -1,0 +1,41 @@
+"""An async event store on asyncpg, table-compatible with the eventsourcing library's
+PostgreSQL recorders."""
+
+from libs.eventstore.audit import AuditReport, audit_store
+from libs.eventstore.database import create_pool
+from libs.eventstore.errors import (
+    ChainBrokenError,
+    ConcurrencyError,
+    EventStoreClosedError,
+    EventStoreError,
+    InvalidAppendError,
+)
+from libs.eventstore.mapper import create_mapper
+from libs.eventstore.projection import Projection, ProjectionRunner
+from libs.eventstore.recorder import UNSET, EventStore, create_schema
+from libs.eventstore.records import AppendResult, RecordedEvent, StreamHead
+from libs.eventstore.repository import Repository
+from libs.eventstore.tracking import TrackingConflictError, TrackingStore
+
+__all__ = [
+    "UNSET",
+    "AppendResult",
+    "AuditReport",
+    "ChainBrokenError",
+    "ConcurrencyError",
+    "EventStore",
+    "EventStoreClosedError",
+    "EventStoreError",
+    "InvalidAppendError",
+    "Projection",
+    "ProjectionRunner",
+    "RecordedEvent",
+    "Repository",
+    "StreamHead",
+    "TrackingConflictError",
+    "TrackingStore",
+    "audit_store",
+    "create_mapper",
+    "create_pool",
+    "create_schema",
+]

@@ -1,0 +1,39 @@
+"""Errors raised by the event store. They subclass the eventsourcing library's own error
+types, so code written against the library's recorders handles ours the same way."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError, PersistenceError
+
+
+class EventStoreError(PersistenceError):
+    """Base class for event store failures."""
+
+
+class ConcurrencyError(EventStoreError, IntegrityError):
+    """A stream was not at the version the append expected: someone else wrote first.
+
+    Nothing of the append was written."""
+
+    def __init__(self, stream_id: UUID, expected_version: int | None, actual_version: int | None):
+        self.stream_id = stream_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+        super().__init__(
+            f"stream {stream_id} is at version {actual_version}, "
+            f"but the append expected version {expected_version}"
+        )
+
+
+class InvalidAppendError(EventStoreError, IntegrityError):
+    """An append that could never succeed, such as versions that are not consecutive."""
+
+
+class EventStoreClosedError(EventStoreError):
+    """The store was closed before the append could be written."""
+
+
+class ChainBrokenError(EventStoreError):
+    """Stored events do not match their hash chain: they were altered after recording."""

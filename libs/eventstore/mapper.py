@@ -1,0 +1,46 @@
+"""Builds the eventsourcing library's Mapper the way every Throughline store uses it: JSON
+with the types our events carry, and AES-GCM encryption of event state when a key is set."""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+
+from eventsourcing.cryptography import AESCipher
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    DecimalAsStr,
+    JSONTranscoder,
+    Mapper,
+    Transcoding,
+    UUIDAsHex,
+)
+from eventsourcing.utils import Environment
+
+CIPHER_KEY_VARIABLE = "THROUGHLINE_CIPHER_KEY"
+
+
+class DateAsISO(Transcoding):
+    type = date
+    name = "date_iso"
+
+    def encode(self, obj: date) -> str:
+        return obj.isoformat()
+
+    def decode(self, data: str) -> date:
+        return date.fromisoformat(data)
+
+
+def create_transcoder() -> JSONTranscoder:
+    transcoder = JSONTranscoder()
+    for transcoding in (UUIDAsHex(), DatetimeAsISO(), DecimalAsStr(), DateAsISO()):
+        transcoder.register(transcoding)
+    return transcoder
+
+
+def create_mapper(cipher_key: str | None = None) -> Mapper:
+    """A mapper; encrypting when `cipher_key` (or THROUGHLINE_CIPHER_KEY) holds a base64
+    AES key of 16, 24 or 32 bytes (make one with `AESCipher.create_key(32)`)."""
+    key = cipher_key if cipher_key is not None else os.environ.get(CIPHER_KEY_VARIABLE)
+    cipher = AESCipher(Environment(env={AESCipher.CIPHER_KEY: key})) if key else None
+    return Mapper(transcoder=create_transcoder(), cipher=cipher)

@@ -1,0 +1,559 @@
+"""The async event store: appends through one writer task per store, reads by stream and by
+position, and follows live appends.
+
+Positions are handed out inside the append transaction while it holds the store's head
+row, so they are gapless and become visible in order: a reader that asks for everything
+after the last position it saw can never skip an event that commits late. Concurrent
+appends are grouped into one transaction by the writer task, so the head row costs one
+lock per group rather than one per event, and one commit (one WAL flush) serves them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+from uuid import UUID
+
+import asyncpg
+from eventsourcing.persistence import StoredEvent
+
+from libs.eventstore.errors import (
+    ConcurrencyError,
+    EventStoreClosedError,
+    EventStoreError,
+    InvalidAppendError,
+)
+from libs.eventstore.hashchain import GENESIS, event_hash
+from libs.eventstore.records import AppendMetadata, AppendResult, RecordedEvent, StreamHead
+from libs.eventstore.wakeup import Wakeups
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = Path(__file__).parent / "sql"
+SCHEMA_FILES: Final = (
+    "tables/stored_events.sql",
+    "tables/stored_events_head.sql",
+    "tables/snapshots.sql",
+    "tables/projection_tracking.sql",
+    "indexes/stored_events_notification_id.sql",
+    "indexes/stored_events_command_id.sql",
+)
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+EVENT_COLUMNS: Final = (
+    "notification_id, originator_id, originator_version, topic, state, "
+    "recorded_at, command_id, actor, trace_id, hash"
+)
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
+
+
+def quote_schema(schema: str) -> str:
+    if not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"schema name {schema!r} must match {_SCHEMA_NAME.pattern}")
+    return f'"{schema}"'
+
+
+async def create_schema(conn: asyncpg.Connection, schema: str) -> None:
+    """Creates the store's tables in `schema` if they are missing (idempotent)."""
+    quoted = quote_schema(schema)
+    async with conn.transaction():
+        # Serialise concurrent creators of the same schema (several test workers or
+        # services starting at once) so CREATE ... IF NOT EXISTS cannot race.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"schema:{schema}")
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
+        for name in SCHEMA_FILES:
+            await conn.execute((SQL_DIR / name).read_text().format(schema=quoted))
+
+
+@dataclass
+class _PendingAppend:
+    events: Sequence[StoredEvent]
+    metadata: AppendMetadata
+    expected_version: int | _Unset
+    future: asyncio.Future[AppendResult]
+
+
+_STOP: Final = object()
+
+
+class _Queries:
+    def __init__(self, schema: str) -> None:
+        s = quote_schema(schema)
+        self.lock_head = (
+            f"SELECT last_position, "
+            f"greatest(clock_timestamp(), last_recorded_at) AS recorded_at "
+            f"FROM {s}.stored_events_head FOR UPDATE"
+        )
+        self.update_head = (
+            f"UPDATE {s}.stored_events_head SET last_position = $1, last_recorded_at = $2"
+        )
+        self.head_position = f"SELECT last_position FROM {s}.stored_events_head"
+        self.stream_heads = (
+            f"SELECT DISTINCT ON (originator_id) originator_id, originator_version, hash "
+            f"FROM {s}.stored_events WHERE originator_id = ANY($1::uuid[]) "
+            f"ORDER BY originator_id, originator_version DESC"
+        )
+        self.command_events = (
+            f"SELECT command_id, notification_id, originator_id, originator_version, "
+            f"recorded_at FROM {s}.stored_events WHERE command_id = ANY($1::uuid[]) "
+            f"ORDER BY notification_id"
+        )
+        self.insert = (
+            f"INSERT INTO {s}.stored_events ({EVENT_COLUMNS}) "
+            f"SELECT * FROM unnest($1::int8[], $2::uuid[], $3::int8[], $4::text[], "
+            f"$5::bytea[], $6::timestamptz[], $7::uuid[], $8::text[], $9::text[], $10::bytea[])"
+        )
+        self.read_all = (
+            f"SELECT {EVENT_COLUMNS} FROM {s}.stored_events "
+            f"WHERE notification_id > $1 AND notification_id <= $2 "
+            f"ORDER BY notification_id LIMIT $3"
+        )
+        self.read_all_topics = (
+            f"SELECT {EVENT_COLUMNS} FROM {s}.stored_events "
+            f"WHERE notification_id > $1 AND notification_id <= $2 AND topic = ANY($4::text[]) "
+            f"ORDER BY notification_id LIMIT $3"
+        )
+        self.read_stream = (
+            f"SELECT {EVENT_COLUMNS} FROM {s}.stored_events WHERE originator_id = $1 "
+            f"AND originator_version > $2 AND originator_version <= $3 "
+            f"ORDER BY originator_version {{order}} LIMIT $4"
+        )
+        self.notify_channel = f"{schema}_stored_events"
+
+
+class EventStore:
+    """One service's event store, in one PostgreSQL schema.
+
+    `append` may be called from many tasks at once; a single writer task per store turns
+    whatever is queued into one transaction. The store holds one pooled connection for the
+    writer and, while anyone subscribes, one for LISTEN.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        schema: str,
+        *,
+        max_batch_events: int = 5000,
+        poll_interval: float = 1.0,
+        notify: bool = True,
+    ) -> None:
+        self.pool = pool
+        self.schema = schema
+        self.max_batch_events = max_batch_events
+        self.poll_interval = poll_interval
+        self._notify = notify
+        self._q = _Queries(schema)
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._writer_conn: asyncpg.pool.PoolConnectionProxy | None = None
+        self._notifier: asyncio.Task[None] | None = None
+        self._notify_wanted = asyncio.Event()
+        self._closed = False
+        self.wakeups = Wakeups(pool, self._q.notify_channel)
+
+    # ----------------------------------------------------------------- set-up / tear-down
+
+    async def create_schema(self) -> None:
+        async with self.pool.acquire() as conn:
+            await create_schema(conn, self.schema)
+
+    async def close(self) -> None:
+        """Writes what is already queued, then stops the writer and the listener."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._queue.put_nowait(_STOP)
+            await self._writer
+        if self._notifier is not None:
+            self._notifier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._notifier
+        await self.wakeups.close()
+
+    # ------------------------------------------------------------------------- appending
+
+    async def append(
+        self,
+        events: Sequence[StoredEvent],
+        *,
+        command_id: UUID | None = None,
+        expected_version: int | _Unset = UNSET,
+        actor: str | None = None,
+        trace_id: str | None = None,
+    ) -> AppendResult:
+        """Appends `events` atomically, possibly across several streams.
+
+        Each stream's events must have consecutive versions; the first must follow the
+        stream's current version (any version starts a new stream). `expected_version`,
+        for a single-stream append, states the version the stream must be at now (0 for
+        a stream with no events). A `command_id` already recorded returns the original
+        result and appends nothing.
+
+        Raises ConcurrencyError if a stream has moved on, InvalidAppendError for an append
+        that could never succeed.
+        """
+        if self._closed:
+            raise EventStoreClosedError(f"event store {self.schema!r} is closed")
+        _check_consecutive(events, expected_version)
+        if not events:
+            return AppendResult(positions=(), streams=(), recorded_at=None)
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(
+            _PendingAppend(
+                events=events,
+                metadata=AppendMetadata(command_id=command_id, actor=actor, trace_id=trace_id),
+                expected_version=expected_version,
+                future=future,
+            )
+        )
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._run_writer(), name=f"{self.schema}-writer")
+        return await future
+
+    async def _run_writer(self) -> None:
+        try:
+            stopping = False
+            while not stopping:
+                item = await self._queue.get()
+                if item is _STOP:
+                    break
+                batch: list[_PendingAppend] = [item]
+                size = len(item.events)
+                while size < self.max_batch_events and not self._queue.empty():
+                    item = self._queue.get_nowait()
+                    if item is _STOP:
+                        stopping = True
+                        break
+                    batch.append(item)
+                    size += len(item.events)
+                batch = [p for p in batch if not p.future.done()]
+                if batch:
+                    await self._write(batch)
+        finally:
+            await self._release_writer_connection()
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is not _STOP and not item.future.done():
+                    item.future.set_exception(
+                        EventStoreClosedError(f"event store {self.schema!r} closed")
+                    )
+
+    async def _write(self, batch: list[_PendingAppend]) -> None:
+        try:
+            outcomes = await self._write_batch(batch)
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as error:
+            # The connection failed: the transaction either committed or not, and we
+            # cannot tell which. Callers retry with the same command id, which is safe.
+            await self._release_writer_connection(broken=True)
+            for pending in batch:
+                _settle(pending, EventStoreError(f"append outcome unknown: {error}"))
+            return
+        except asyncpg.PostgresError as error:
+            if len(batch) > 1:
+                # One append spoiled the group; write each alone so only it fails.
+                for pending in batch:
+                    await self._write([pending])
+                return
+            _settle(batch[0], _translate(error))
+            return
+        last_position = 0
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            _settle(pending, outcome)
+            if isinstance(outcome, AppendResult) and not outcome.duplicate:
+                last_position = max(last_position, outcome.last_position)
+        if last_position:
+            self.wakeups.wake_local()
+            if self._notify:
+                self._notify_wanted.set()
+                if self._notifier is None:
+                    self._notifier = asyncio.create_task(self._run_notifier())
+
+    async def _write_batch(
+        self, batch: list[_PendingAppend]
+    ) -> list[AppendResult | Exception]:
+        conn = await self._writer_connection()
+        q = self._q
+        stream_ids = list({e.originator_id for p in batch for e in p.events})
+        command_ids = list({p.metadata.command_id for p in batch if p.metadata.command_id})
+        async with conn.transaction():
+            head = await conn.fetchrow(q.lock_head)
+            position: int = head["last_position"]
+            recorded_at: datetime = head["recorded_at"]
+            heads: dict[UUID, tuple[int, bytes]] = {
+                row[0]: (row[1], row[2] or GENESIS)
+                for row in await conn.fetch(q.stream_heads, stream_ids)
+            }
+            earlier: dict[UUID, list[asyncpg.Record]] = {}
+            if command_ids:
+                for row in await conn.fetch(q.command_events, command_ids):
+                    earlier.setdefault(row["command_id"], []).append(row)
+
+            columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [], [])
+            outcomes: list[AppendResult | Exception] = []
+            in_batch: dict[UUID, AppendResult] = {}
+            for pending in batch:
+                meta = pending.metadata
+                if meta.command_id in earlier:
+                    outcomes.append(_result_from_rows(earlier[meta.command_id]))
+                    continue
+                if meta.command_id in in_batch:
+                    original = in_batch[meta.command_id]
+                    outcomes.append(_as_duplicate(original))
+                    continue
+                conflict = _conflict(pending, heads)
+                if conflict is not None:
+                    outcomes.append(conflict)
+                    continue
+                positions: list[int] = []
+                stream_heads: dict[UUID, int] = {}
+                for event in pending.events:
+                    position += 1
+                    previous = heads.get(event.originator_id, (0, GENESIS))[1]
+                    digest = event_hash(
+                        previous,
+                        originator_id=event.originator_id,
+                        originator_version=event.originator_version,
+                        position=position,
+                        topic=event.topic,
+                        state=event.state,
+                        recorded_at=recorded_at,
+                        command_id=meta.command_id,
+                        actor=meta.actor,
+                        trace_id=meta.trace_id,
+                    )
+                    heads[event.originator_id] = (event.originator_version, digest)
+                    stream_heads[event.originator_id] = event.originator_version
+                    positions.append(position)
+                    for column, value in zip(
+                        columns,
+                        (
+                            position,
+                            event.originator_id,
+                            event.originator_version,
+                            event.topic,
+                            event.state,
+                            recorded_at,
+                            meta.command_id,
+                            meta.actor,
+                            meta.trace_id,
+                            digest,
+                        ),
+                        strict=True,
+                    ):
+                        column.append(value)
+                result = AppendResult(
+                    positions=tuple(positions),
+                    streams=tuple(StreamHead(s, v) for s, v in stream_heads.items()),
+                    recorded_at=recorded_at,
+                )
+                if meta.command_id is not None:
+                    in_batch[meta.command_id] = result
+                outcomes.append(result)
+            if columns[0]:
+                await conn.execute(q.insert, *columns)
+                await conn.execute(q.update_head, position, recorded_at)
+        return outcomes
+
+    async def _writer_connection(self) -> asyncpg.pool.PoolConnectionProxy:
+        if self._writer_conn is None:
+            self._writer_conn = await self.pool.acquire()
+        return self._writer_conn
+
+    async def _release_writer_connection(self, *, broken: bool = False) -> None:
+        conn, self._writer_conn = self._writer_conn, None
+        if conn is None:
+            return
+        if broken:
+            conn.terminate()
+        with contextlib.suppress(Exception):
+            await self.pool.release(conn)
+
+    async def _run_notifier(self) -> None:
+        # One NOTIFY per burst of commits, sent outside the write transactions: PostgreSQL
+        # serialises notifying commits across the cluster, so it must not sit in each.
+        while True:
+            await self._notify_wanted.wait()
+            self._notify_wanted.clear()
+            try:
+                await self.pool.execute("SELECT pg_notify($1, '')", self._q.notify_channel)
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as error:
+                log.warning("could not notify subscribers of %s: %s", self.schema, error)
+                await asyncio.sleep(self.poll_interval)  # they poll meanwhile
+
+    # -------------------------------------------------------------------------- reading
+
+    async def head_position(self) -> int:
+        """The position of the newest event, 0 when the store is empty."""
+        return await self.pool.fetchval(self._q.head_position) or 0
+
+    async def read_all(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        *,
+        upto: int | None = None,
+        topics: Sequence[str] = (),
+    ) -> list[RecordedEvent]:
+        """Events with positions after `after` (and at most `upto`), in position order."""
+        upper = upto if upto is not None else 2**63 - 1
+        async with self.pool.acquire() as conn:
+            if topics:
+                rows = await conn.fetch(self._q.read_all_topics, after, upper, limit, list(topics))
+            else:
+                rows = await conn.fetch(self._q.read_all, after, upper, limit)
+        make = RecordedEvent._make
+        return [make(row) for row in rows]
+
+    async def read_stream(
+        self,
+        stream_id: UUID,
+        *,
+        after_version: int | None = None,
+        upto_version: int | None = None,
+        limit: int | None = None,
+        desc: bool = False,
+    ) -> list[RecordedEvent]:
+        """One stream's events in version order (newest first with `desc`)."""
+        sql = self._q.read_stream.format(order="DESC" if desc else "ASC")
+        rows = await self.pool.fetch(
+            sql,
+            stream_id,
+            after_version if after_version is not None else -(2**63),
+            upto_version if upto_version is not None else 2**63 - 1,
+            limit,
+        )
+        return [RecordedEvent._make(row) for row in rows]
+
+    async def command_result(self, command_id: UUID) -> AppendResult | None:
+        """The result of a command already recorded, or None if it never appended."""
+        rows = await self.pool.fetch(self._q.command_events, [command_id])
+        return _result_from_rows(rows) if rows else None
+
+    async def subscribe_batches(
+        self,
+        after: int = 0,
+        *,
+        batch_size: int = 1000,
+        topics: Sequence[str] = (),
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """Catches up from `after`, then follows live appends, a batch at a time.
+
+        Woken by this process's writer at once, by other processes' NOTIFY, and by a
+        poll every `poll_interval` seconds whatever happens to notifications."""
+        waiter = await self.wakeups.register()
+        try:
+            while True:
+                waiter.clear()
+                batch = await self.read_all(after, batch_size, topics=topics)
+                if batch:
+                    after = batch[-1].position
+                    yield batch
+                    if len(batch) == batch_size:
+                        continue
+                if not topics or not batch:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(waiter.wait(), self.poll_interval)
+        finally:
+            self.wakeups.unregister(waiter)
+
+    async def subscribe(
+        self, after: int = 0, *, batch_size: int = 1000, topics: Sequence[str] = ()
+    ) -> AsyncIterator[RecordedEvent]:
+        """Like `subscribe_batches`, one event at a time."""
+        async for batch in self.subscribe_batches(after, batch_size=batch_size, topics=topics):
+            for event in batch:
+                yield event
+
+
+def _check_consecutive(events: Sequence[StoredEvent], expected_version: int | _Unset) -> None:
+    last: dict[UUID, int] = {}
+    for event in events:
+        if not isinstance(event.originator_id, UUID):
+            raise InvalidAppendError(f"originator_id {event.originator_id!r} is not a UUID")
+        previous = last.get(event.originator_id)
+        if previous is not None and event.originator_version != previous + 1:
+            raise InvalidAppendError(
+                f"stream {event.originator_id}: version {event.originator_version} "
+                f"does not follow version {previous}"
+            )
+        last[event.originator_id] = event.originator_version
+    if not isinstance(expected_version, _Unset):
+        if len(last) != 1:
+            raise InvalidAppendError("expected_version applies to a single-stream append")
+        first = events[0]
+        if first.originator_version != expected_version + 1:
+            raise InvalidAppendError(
+                f"expected version {expected_version}, so the first event must have "
+                f"version {expected_version + 1}, not {first.originator_version}"
+            )
+
+
+def _conflict(
+    pending: _PendingAppend, heads: dict[UUID, tuple[int, bytes]]
+) -> ConcurrencyError | None:
+    seen: set[UUID] = set()
+    for event in pending.events:
+        if event.originator_id in seen:
+            continue
+        seen.add(event.originator_id)
+        current = heads.get(event.originator_id)
+        current_version = current[0] if current else None
+        if not isinstance(pending.expected_version, _Unset):
+            if (current_version or 0) != pending.expected_version:
+                return ConcurrencyError(
+                    event.originator_id, pending.expected_version, current_version
+                )
+        elif current_version is not None and event.originator_version != current_version + 1:
+            return ConcurrencyError(
+                event.originator_id, event.originator_version - 1, current_version
+            )
+    return None
+
+
+def _result_from_rows(rows: Sequence[asyncpg.Record]) -> AppendResult:
+    heads: dict[UUID, int] = {}
+    for row in rows:
+        heads[row["originator_id"]] = max(
+            heads.get(row["originator_id"], row["originator_version"]), row["originator_version"]
+        )
+    return AppendResult(
+        positions=tuple(row["notification_id"] for row in rows),
+        streams=tuple(StreamHead(s, v) for s, v in heads.items()),
+        recorded_at=rows[0]["recorded_at"],
+        duplicate=True,
+    )
+
+
+def _as_duplicate(result: AppendResult) -> AppendResult:
+    return AppendResult(result.positions, result.streams, result.recorded_at, duplicate=True)
+
+
+def _settle(pending: _PendingAppend, outcome: AppendResult | Exception) -> None:
+    if pending.future.done():
+        return
+    if isinstance(outcome, Exception):
+        pending.future.set_exception(outcome)
+    else:
+        pending.future.set_result(outcome)
+
+
+def _translate(error: asyncpg.PostgresError) -> Exception:
+    if isinstance(error, asyncpg.UniqueViolationError):
+        return InvalidAppendError(f"append conflicts with stored events: {error}")
+    return EventStoreError(f"append failed: {error}")

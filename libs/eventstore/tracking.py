@@ -1,0 +1,100 @@
+"""Projection positions, committed in the same transaction as the projection's view, so
+each upstream event is applied exactly once; `wait` gives read-your-writes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from libs.eventstore.errors import EventStoreError
+from libs.eventstore.recorder import quote_schema
+
+
+class TrackingConflictError(EventStoreError):
+    """The projection has already applied this upstream position (or a later one)."""
+
+
+class TrackingStore:
+    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+        self.pool = pool
+        s = quote_schema(schema)
+        self._select = (
+            f"SELECT position FROM {s}.projection_tracking WHERE projection = $1 AND upstream = $2"
+        )
+        self._select_all = (
+            f"SELECT upstream, position FROM {s}.projection_tracking WHERE projection = $1"
+        )
+        self._upsert = (
+            f"INSERT INTO {s}.projection_tracking AS t (projection, upstream, position) "
+            f"VALUES ($1, $2, $3) ON CONFLICT (projection, upstream) DO UPDATE "
+            f"SET position = excluded.position, updated_at = clock_timestamp() "
+            f"WHERE t.position < excluded.position RETURNING position"
+        )
+        self._delete = f"DELETE FROM {s}.projection_tracking WHERE projection = $1"
+        self._advanced = asyncio.Condition()
+
+    async def position(self, projection: str, upstream: str) -> int | None:
+        return await self.pool.fetchval(self._select, projection, upstream)
+
+    async def positions(self, projection: str) -> dict[str, int]:
+        rows = await self.pool.fetch(self._select_all, projection)
+        return {row["upstream"]: row["position"] for row in rows}
+
+    async def record(
+        self, conn: asyncpg.Connection, projection: str, upstream: str, position: int
+    ) -> None:
+        """Moves the projection to `position` inside the caller's transaction.
+
+        Raises TrackingConflictError if it is already there or beyond: the caller's
+        transaction must then roll back, so nothing is applied twice."""
+        recorded = await conn.fetchval(self._upsert, projection, upstream, position)
+        if recorded is None:
+            raise TrackingConflictError(
+                f"projection {projection!r} has already applied {upstream!r} "
+                f"up to or beyond position {position}"
+            )
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, projection: str, upstream: str, position: int
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction in which the caller updates its view; the new position commits
+        with it, or neither does."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self.record(conn, projection, upstream, position)
+            yield conn
+        async with self._advanced:
+            self._advanced.notify_all()
+
+    async def reset(self, conn: asyncpg.Connection, projection: str) -> None:
+        """Forgets a projection's positions, inside the caller's transaction (for a rebuild
+        that also clears the view)."""
+        await conn.execute(self._delete, projection)
+
+    async def wait(
+        self, projection: str, upstream: str, position: int, *, timeout: float = 5.0
+    ) -> None:
+        """Returns once the projection has applied `upstream` up to `position`.
+
+        Raises TimeoutError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        interval = 0.005
+        while True:
+            current = await self.position(projection, upstream)
+            if current is not None and current >= position:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"projection {projection!r} has applied {upstream!r} up to "
+                    f"{current or 0}, not yet {position}, after {timeout}s"
+                )
+            # Woken at once by a commit in this process; polls for other processes.
+            async with self._advanced:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._advanced.wait(), min(interval, remaining))
+            interval = min(interval * 2, 0.2)
