@@ -1,0 +1,114 @@
+"""Projections: the view and the position commit together, so replays apply each event
+exactly once, a failure leaves the position where it was, and a rebuild matches."""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import uuid4
+
+import pytest
+from eventsourcing.persistence import StoredEvent
+
+from libs.eventstore import ProjectionRunner, TrackingConflictError, TrackingStore
+
+
+class CountByTopic:
+    """A tiny view: how many events of each topic."""
+
+    def __init__(self, schema: str, fail_on: str | None = None) -> None:
+        self.name = "count_by_topic"
+        self.table = f'"{schema}".count_by_topic'
+        self.fail_on = fail_on
+
+    async def create(self, pool) -> None:
+        await pool.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.table} (topic text PRIMARY KEY, n int NOT NULL)"
+        )
+
+    async def apply(self, conn, events) -> None:
+        for event in events:
+            if event.topic == self.fail_on:
+                raise RuntimeError(f"cannot apply {event.topic}")
+            await conn.execute(
+                f"INSERT INTO {self.table} VALUES ($1, 1) "
+                f"ON CONFLICT (topic) DO UPDATE SET n = {self.table}.n + 1",
+                event.topic,
+            )
+
+    async def clear(self, conn) -> None:
+        await conn.execute(f"DELETE FROM {self.table}")
+
+    async def counts(self, pool) -> dict[str, int]:
+        return dict(await pool.fetch(f"SELECT topic, n FROM {self.table}"))
+
+
+async def _append_topics(store, topics):
+    for topic in topics:
+        await store.append([StoredEvent(uuid4(), 1, topic, b"")])
+
+
+async def test_catch_up_applies_each_event_once_and_records_the_position(store, pool, schema):
+    view = CountByTopic(schema)
+    await view.create(pool)
+    tracking = TrackingStore(pool, schema)
+    runner = ProjectionRunner(view, store, tracking, batch_size=2)
+    await _append_topics(store, ["a", "b", "a"])
+    progress = []
+    assert await runner.catch_up(progress=lambda done, total: progress.append((done, total))) == 3
+    assert progress == [(2, 3), (3, 3)]
+    assert await runner.catch_up() == 3  # nothing new: applies nothing twice
+    assert await view.counts(pool) == {"a": 2, "b": 1}
+    assert await tracking.position("count_by_topic", schema) == 3
+
+
+async def test_a_failing_projection_stops_without_moving_past_the_event(store, pool, schema):
+    view = CountByTopic(schema, fail_on="poison")
+    await view.create(pool)
+    tracking = TrackingStore(pool, schema)
+    runner = ProjectionRunner(view, store, tracking, batch_size=1)
+    await _append_topics(store, ["a", "poison", "b"])
+    with pytest.raises(RuntimeError, match="poison"):
+        await runner.catch_up()
+    assert await runner.position() == 1
+    assert await view.counts(pool) == {"a": 1}
+
+
+async def test_recording_a_position_already_applied_is_refused(pool, schema):
+    tracking = TrackingStore(pool, schema)
+    async with tracking.transaction("p", "up", 5):
+        pass
+    with pytest.raises(TrackingConflictError):
+        async with tracking.transaction("p", "up", 5):
+            pass
+    with pytest.raises(TrackingConflictError):
+        async with tracking.transaction("p", "up", 4):
+            pass
+    assert await tracking.positions("p") == {"up": 5}
+
+
+async def test_wait_returns_once_the_projection_reaches_the_position(store, pool, schema):
+    view = CountByTopic(schema)
+    await view.create(pool)
+    tracking = TrackingStore(pool, schema)
+    runner = ProjectionRunner(view, store, tracking)
+    follower = asyncio.create_task(runner.run())
+    try:
+        result = await store.append([StoredEvent(uuid4(), 1, "x", b"")])
+        await tracking.wait("count_by_topic", schema, result.last_position, timeout=5)
+        assert await view.counts(pool) == {"x": 1}
+        with pytest.raises(TimeoutError):
+            await tracking.wait("count_by_topic", schema, result.last_position + 1, timeout=0.1)
+    finally:
+        follower.cancel()
+
+
+async def test_a_rebuild_from_events_matches_the_live_view(store, pool, schema):
+    view = CountByTopic(schema)
+    await view.create(pool)
+    tracking = TrackingStore(pool, schema)
+    runner = ProjectionRunner(view, store, tracking, batch_size=3)
+    await _append_topics(store, ["a", "b", "c", "a", "a", "b", "d"])
+    await runner.catch_up()
+    live = await view.counts(pool)
+    assert await runner.rebuild() == 7
+    assert await view.counts(pool) == live == {"a": 3, "b": 2, "c": 1, "d": 1}
