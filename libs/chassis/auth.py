@@ -1,0 +1,98 @@
+"""Bearer tokens: signed JWTs (HS256) carrying a subject and roles, and the policy that
+says which roles may call which method. Health and reflection stay open; any other
+method without a rule is refused, so a new RPC is closed until someone grants it."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jwt
+
+from libs.eventstore.context import Actor
+
+SECRET_VARIABLE = "THROUGHLINE_JWT_SECRET"
+DEV_SECRET_FILE = Path(__file__).resolve().parents[2] / ".data" / "jwt-secret"
+ISSUER = "throughline"
+AUDIENCE = "throughline"
+OPEN_METHOD_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+
+class InvalidTokenError(Exception):
+    pass
+
+
+def load_secret() -> str:
+    """THROUGHLINE_JWT_SECRET, or for development a secret kept in .data/jwt-secret."""
+    secret = os.environ.get(SECRET_VARIABLE)
+    if secret:
+        return secret
+    if not DEV_SECRET_FILE.exists():
+        DEV_SECRET_FILE.parent.mkdir(parents=True, exist_ok=True)
+        DEV_SECRET_FILE.write_text(secrets.token_urlsafe(48))
+        DEV_SECRET_FILE.chmod(0o600)
+    return DEV_SECRET_FILE.read_text().strip()
+
+
+class TokenVerifier:
+    def __init__(self, secret: str, *, leeway_seconds: int = 30) -> None:
+        self._secret = secret
+        self._leeway = leeway_seconds
+
+    def mint(self, subject: str, roles: Iterable[str], *, ttl_seconds: int = 3600) -> str:
+        now = int(time.time())
+        claims = {
+            "sub": subject,
+            "roles": sorted(set(roles)),
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "iat": now,
+            "exp": now + ttl_seconds,
+        }
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+    def verify(self, token: str) -> Actor:
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                leeway=self._leeway,
+                options={"require": ["sub", "exp", "iat"]},
+            )
+        except jwt.PyJWTError as error:
+            raise InvalidTokenError(f"bearer token rejected: {error}") from error
+        roles = claims.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise InvalidTokenError("bearer token rejected: roles must be a list of strings")
+        return Actor(subject=str(claims["sub"]), roles=frozenset(roles))
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Maps a full method name ("/pkg.Service/Method") or a service prefix
+    ("/pkg.Service/") to the roles allowed to call it (any one suffices)."""
+
+    rules: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def is_open(self, method: str) -> bool:
+        return method.startswith(OPEN_METHOD_PREFIXES)
+
+    def roles_for(self, method: str) -> frozenset[str]:
+        if method in self.rules:
+            return self.rules[method]
+        service = method.rsplit("/", 1)[0] + "/"
+        return self.rules.get(service, frozenset())
+
+    def merged(self, other: AccessPolicy) -> AccessPolicy:
+        return AccessPolicy({**self.rules, **other.rules})

@@ -1,0 +1,102 @@
+"""Builds and runs a service's grpc.aio server: its servicers, the event feed, the standard
+health service and server reflection, behind tracing and the request interceptor, with a
+graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from throughline.feed.v1 import feed_pb2, feed_pb2_grpc
+
+from libs.chassis.auth import AccessPolicy, TokenVerifier
+from libs.chassis.feed import EventFeedServicer
+from libs.chassis.interceptors import RequestInterceptor
+from libs.chassis.telemetry import configure_telemetry, tracing_interceptor
+
+log = logging.getLogger(__name__)
+
+FEED_SERVICE = feed_pb2.DESCRIPTOR.services_by_name["EventFeedService"].full_name
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One servicer to serve: its full service name and the generated add function."""
+
+    service_name: str
+    add: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+
+
+class Server:
+    def __init__(
+        self,
+        name: str,
+        registrations: list[Registration],
+        *,
+        verifier: TokenVerifier,
+        policy: AccessPolicy,
+        feed: EventFeedServicer | None = None,
+    ) -> None:
+        configure_telemetry(name)
+        self.name = name
+        self._registrations = list(registrations)
+        if feed is not None:
+            self._registrations.append(
+                Registration(
+                    FEED_SERVICE, feed_pb2_grpc.add_EventFeedServiceServicer_to_server, feed
+                )
+            )
+        self._server = grpc.aio.server(
+            interceptors=[tracing_interceptor(), RequestInterceptor(verifier, policy)]
+        )
+        self._health = health.aio.HealthServicer()
+        self.port: int | None = None
+
+    @property
+    def service_names(self) -> list[str]:
+        return [r.service_name for r in self._registrations]
+
+    async def start(self, address: str = "127.0.0.1:0") -> int:
+        for registration in self._registrations:
+            registration.add(registration.servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        self.port = self._server.add_insecure_port(address)
+        await self._server.start()
+        for name in ["", *self.service_names]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Reports NOT_SERVING, then lets calls in flight finish for up to `grace` seconds."""
+        for name in ["", *self.service_names]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.stop(grace)
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve_until_signalled(server: Server, address: str, *, grace: float = 5.0) -> None:
+    """Starts the server and stops it gracefully on SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    port = await server.start(address)
+    host = address.rsplit(":", 1)[0]
+    print(f"serving {', '.join(server.service_names)} on {host}:{port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop(grace)
