@@ -13,11 +13,14 @@ from eventsourcing.persistence import StoredEvent
 from libs.eventstore import ConcurrencyError, EventStore
 
 
-async def _tail(store: EventStore, until: asyncio.Event, seen: list):
+async def _tail(store: EventStore, seen: list):
     async for event in store.subscribe(0, batch_size=200):
         seen.append(event)
-        if until.is_set() and event.position >= await store.head_position():
-            return
+
+
+async def _caught_up(seen: list, head: int) -> None:
+    while not seen or seen[-1].position < head:
+        await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize("run", range(3))
@@ -30,9 +33,8 @@ async def test_a_tailing_subscriber_sees_each_event_once_despite_races_rollbacks
     reader = EventStore(pool, schema, poll_interval=0.05)
     acknowledged: set[tuple] = set()
     rng = random.Random(run)
-    done = asyncio.Event()
     seen: list = []
-    tail = asyncio.create_task(_tail(reader, done, seen))
+    tail = asyncio.create_task(_tail(reader, seen))
 
     async def writer(store: EventStore, n: int) -> None:
         streams = [uuid4() for _ in range(3)]
@@ -85,13 +87,16 @@ async def test_a_tailing_subscriber_sees_each_event_once_despite_races_rollbacks
     stop_long = asyncio.Event()
     long_tx = asyncio.create_task(long_open_transaction(stop_long))
     writers = [writer(process_a, 60) for _ in range(4)] + [writer(process_b, 60) for _ in range(4)]
-    await asyncio.gather(*writers, foreign_rollbacks())
-    stop_long.set()
-    await long_tx
-    done.set()
-    await asyncio.wait_for(tail, 20)
-    for s in (process_a, process_b, reader):
-        await s.close()
+    try:
+        await asyncio.gather(*writers, foreign_rollbacks())
+        stop_long.set()
+        await long_tx
+        await asyncio.wait_for(_caught_up(seen, await reader.head_position()), 20)
+    finally:
+        stop_long.set()
+        tail.cancel()
+        for s in (process_a, process_b, reader):
+            await s.close()
 
     positions = [e.position for e in seen]
     head = await reader.head_position()
