@@ -133,7 +133,7 @@ async def bench_event_store(dsn: str) -> dict[str, float]:
     ops, seconds, latencies = await timed_loop(append, WRITERS)
     head = await store.head_position()
     deadline = time.perf_counter() + 30
-    while (not seen or seen[-1] < head) and time.perf_counter() < deadline:
+    while (not seen or seen[-1] < head) and time.perf_counter() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.01)
     tailer.cancel()
     expected = list(range(1, head + 1))
@@ -218,7 +218,7 @@ async def main() -> None:
         ("plain INSERT, 8 connections (appends/s)", plain, "1.00 (baseline)"),
         ("eventsourcing recorder, 8 threads (appends/s)", library, f"{library / plain:.2f}"),
         ("event store, 8 writers (appends/s)", ours["rate"], f"{ours['rate'] / plain:.2f}"),
-        ("  vs the eventsourcing recorder", ours["rate"] / library, "×"),
+        ("  vs the eventsourcing recorder", ours["rate"] / library, "x"),
         ("append latency p50 (ms)", ours["p50_ms"], ""),
         ("append latency p99 (ms)", ours["p99_ms"], ""),
         (f"read_all catch-up over {catch_up['events']:,} (events/s)", catch_up["read_all"], ""),

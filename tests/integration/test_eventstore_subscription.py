@@ -19,7 +19,7 @@ async def _tail(store: EventStore, seen: list):
 
 
 async def _caught_up(seen: list, head: int) -> None:
-    while not seen or seen[-1].position < head:
+    while not seen or seen[-1].position < head:  # noqa: ASYNC110 - polls a plain list
         await asyncio.sleep(0.01)
 
 
