@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 from uuid import uuid4
 
 import asyncpg
@@ -28,6 +28,7 @@ from eventsourcing.persistence import StoredEvent
 
 from infra.postgres import database_url
 from libs.eventstore import EventStore, create_pool, create_schema
+from libs.eventstore.database import library_datastore
 
 WRITERS = 8
 DURATION = float(os.environ.get("BENCH_SECONDS", "5"))
@@ -79,20 +80,9 @@ async def bench_plain_insert(dsn: str) -> float:
 
 
 def bench_library_recorder(dsn: str) -> float:
-    from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+    from eventsourcing.postgres import PostgresApplicationRecorder
 
-    parts = urlsplit(dsn)
-    query = parse_qs(parts.query)
-    datastore = PostgresDatastore(
-        dbname=parts.path.lstrip("/"),
-        host=query.get("host", [parts.hostname or "127.0.0.1"])[0],
-        port=str(parts.port or 5432),
-        user=parts.username or "postgres",
-        password=parts.password or "",
-        pool_size=WRITERS,
-        max_overflow=0,
-        schema="library_recorder",
-    )
+    datastore = library_datastore(dsn, "library_recorder", pool_size=WRITERS, max_overflow=0)
     with datastore.transaction(commit=True) as curs:
         curs.execute("CREATE SCHEMA IF NOT EXISTS library_recorder")
     recorder = PostgresApplicationRecorder(datastore)

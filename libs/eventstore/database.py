@@ -14,3 +14,23 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
         # Our queries are small and frequent; JIT compilation only adds latency.
         server_settings={"jit": "off", "application_name": "throughline"},
     )
+
+
+def library_datastore(dsn: str, schema: str, **options):
+    """The eventsourcing library's PostgresDatastore for the same database as `dsn`, for
+    comparing with (and reading through) the library's own recorders."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from eventsourcing.postgres import PostgresDatastore  # needs the dev extra (psycopg)
+
+    parts = urlsplit(dsn)
+    query = parse_qs(parts.query)
+    return PostgresDatastore(
+        dbname=parts.path.lstrip("/"),
+        host=query.get("host", [parts.hostname or "127.0.0.1"])[0],
+        port=str(parts.port or 5432),
+        user=parts.username or "postgres",
+        password=parts.password or "",
+        schema=schema,
+        **options,
+    )

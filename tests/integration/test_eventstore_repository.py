@@ -140,11 +140,11 @@ def test_the_library_postgres_recorder_reads_our_table(test_database_url):
     """Table compatibility: eventsourcing's own PostgresApplicationRecorder reads events we
     wrote, with the same positions."""
     import asyncio
-    from urllib.parse import parse_qs, urlsplit
 
-    from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+    from eventsourcing.postgres import PostgresApplicationRecorder
 
     from libs.eventstore import EventStore, create_pool, create_schema
+    from libs.eventstore.database import library_datastore
     from tests.conftest import new_schema_name
 
     schema = new_schema_name("compat")
@@ -162,16 +162,7 @@ def test_the_library_postgres_recorder_reads_our_table(test_database_url):
         await pool.close()
 
     asyncio.run(write())
-    parts = urlsplit(test_database_url)
-    query = parse_qs(parts.query)
-    datastore = PostgresDatastore(
-        dbname=parts.path.lstrip("/"),
-        host=query.get("host", [parts.hostname or "127.0.0.1"])[0],
-        port=str(parts.port or 5432),
-        user=parts.username or "postgres",
-        password=parts.password or "",
-        schema=schema,
-    )
+    datastore = library_datastore(test_database_url, schema)
     recorder = PostgresApplicationRecorder(datastore, events_table_name="stored_events")
     try:
         stored = recorder.select_events(stream)
