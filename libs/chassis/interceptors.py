@@ -120,4 +120,4 @@ def _wrap(handler: grpc.RpcMethodHandler, actor: Actor | None, refusal: Any):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
-    raise NotImplementedError(f"streaming requests are not supported: {handler}")
+    raise TypeError(f"client-streaming methods are not served by this chassis: {handler}")

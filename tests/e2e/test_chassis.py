@@ -247,16 +247,18 @@ async def test_subscribe_streams_batches_then_live_events(server):
         feed_pb2.SubscribeEventsRequest(after=1, batch_size=2), metadata=auth(verifier, "feed.read")
     )
     positions, batch_sizes = [], []
+    first_batch = asyncio.Event()
 
     async def read():
         async for message in call:
+            first_batch.set()
             batch_sizes.append(len(message.events))
             positions.extend(e.position for e in message.events)
             if positions[-1] == 6:
                 return
 
     reader = asyncio.create_task(read())
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(first_batch.wait(), 5)
     await write_stub(channel)(
         wrappers_pb2.StringValue(value="live"), metadata=auth(verifier, "notes.write")
     )
