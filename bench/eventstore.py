@@ -13,6 +13,7 @@ machine-readable `name=value` lines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import statistics
@@ -110,10 +111,19 @@ async def bench_event_store(dsn: str) -> dict[str, float]:
     store = EventStore(pool, "bench_append", poll_interval=0.05)
     reader = EventStore(pool, "bench_append", poll_interval=0.05)
     seen: list[int] = []
+    progressed = asyncio.Event()
 
     async def tail() -> None:
         async for batch in reader.subscribe_batches(0, batch_size=1000):
             seen.extend(e.position for e in batch)
+            progressed.set()
+
+    async def caught_up(head: int) -> None:
+        while True:
+            progressed.clear()
+            if seen and seen[-1] >= head:
+                return
+            await progressed.wait()
 
     tailer = asyncio.create_task(tail())
 
@@ -122,9 +132,8 @@ async def bench_event_store(dsn: str) -> dict[str, float]:
 
     ops, seconds, latencies = await timed_loop(append, WRITERS)
     head = await store.head_position()
-    deadline = time.perf_counter() + 30
-    while (not seen or seen[-1] < head) and time.perf_counter() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(caught_up(head), 30)
     tailer.cancel()
     expected = list(range(1, head + 1))
     skipped = len(set(expected) - set(seen))

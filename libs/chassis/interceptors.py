@@ -4,8 +4,8 @@ errors into statuses with google.rpc details."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -18,7 +18,6 @@ from libs.chassis.telemetry import current_trace_id
 from libs.eventstore.context import Actor, current_actor
 from libs.eventstore.context import current_trace_id as trace_id_var
 
-log = logging.getLogger(__name__)
 R = errors_pb2.ErrorReason
 
 
@@ -66,58 +65,52 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         return actor, None
 
 
-async def _fail(context: grpc.aio.ServicerContext, error: Exception) -> None:
-    status = status_for(error)
-    if status is None:
-        raise error
-    await context.abort_with_status(to_grpc_status(status))
+@contextlib.asynccontextmanager
+async def _request_scope(
+    context: grpc.aio.ServicerContext, actor: Actor | None, refusal: Any
+) -> AsyncIterator[None]:
+    """Refuses the call, or runs it with the actor and trace id bound and domain errors
+    turned into statuses. Unknown errors propagate (gRPC reports them as UNKNOWN)."""
+    if refusal is not None:
+        await context.abort_with_status(to_grpc_status(refusal))
+    actor_token = current_actor.set(actor)
+    trace_token = trace_id_var.set(current_trace_id())
+    try:
+        yield
+    except Exception as error:
+        status = status_for(error)
+        if status is None:
+            raise
+        await context.abort_with_status(to_grpc_status(status))
+    finally:
+        current_actor.reset(actor_token)
+        trace_id_var.reset(trace_token)
 
 
 def _wrap(handler: grpc.RpcMethodHandler, actor: Actor | None, refusal: Any):
-    def bind():
-        return current_actor.set(actor), trace_id_var.set(current_trace_id())
-
-    def unbind(tokens) -> None:
-        current_actor.reset(tokens[0])
-        trace_id_var.reset(tokens[1])
-
     if handler.unary_unary:
         inner = handler.unary_unary
 
         async def unary_unary(request, context):
-            if refusal is not None:
-                await context.abort_with_status(to_grpc_status(refusal))
-            tokens = bind()
-            try:
+            async with _request_scope(context, actor, refusal):
                 return await inner(request, context)
-            except Exception as error:
-                await _fail(context, error)
-            finally:
-                unbind(tokens)
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream:
+        make = grpc.unary_unary_rpc_method_handler
+        behaviour = unary_unary
+    elif handler.unary_stream:
         inner_stream = handler.unary_stream
 
         async def unary_stream(request, context):
-            if refusal is not None:
-                await context.abort_with_status(to_grpc_status(refusal))
-            tokens = bind()
-            try:
+            async with _request_scope(context, actor, refusal):
                 async for response in inner_stream(request, context):
                     yield response
-            except Exception as error:
-                await _fail(context, error)
-            finally:
-                unbind(tokens)
 
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    raise TypeError(f"client-streaming methods are not served by this chassis: {handler}")
+        make = grpc.unary_stream_rpc_method_handler
+        behaviour = unary_stream
+    else:
+        raise TypeError(f"client-streaming methods are not served by this chassis: {handler}")
+    return make(
+        behaviour,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

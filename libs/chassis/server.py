@@ -83,9 +83,6 @@ class Server:
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.stop(grace)
 
-    async def wait_for_termination(self) -> None:
-        await self._server.wait_for_termination()
-
 
 async def serve_until_signalled(server: Server, address: str, *, grace: float = 5.0) -> None:
     """Starts the server and stops it gracefully on SIGINT or SIGTERM."""

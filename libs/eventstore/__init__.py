@@ -4,7 +4,6 @@ PostgreSQL recorders."""
 from libs.eventstore.audit import AuditReport, audit_store
 from libs.eventstore.database import create_pool
 from libs.eventstore.errors import (
-    ChainBrokenError,
     ConcurrencyError,
     EventStoreClosedError,
     EventStoreError,
@@ -21,7 +20,6 @@ __all__ = [
     "UNSET",
     "AppendResult",
     "AuditReport",
-    "ChainBrokenError",
     "ConcurrencyError",
     "EventStore",
     "EventStoreClosedError",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from libs.eventstore.hashchain import ChainProblem, verify_stream
+from libs.eventstore.hashchain import verify_stream
 from libs.eventstore.recorder import EVENT_COLUMNS, EventStore, quote_schema
 from libs.eventstore.records import RecordedEvent
 
@@ -79,7 +79,6 @@ async def audit_store(
 
 
 def _check(stream: list[RecordedEvent], report: AuditReport) -> None:
-    problems: list[ChainProblem] = verify_stream(stream)
-    report.problems.extend(problems)
+    report.problems.extend(verify_stream(stream))
     report.events_checked += len(stream)
     report.streams_checked += 1

@@ -33,7 +33,3 @@ class InvalidAppendError(EventStoreError, IntegrityError):
 
 class EventStoreClosedError(EventStoreError):
     """The store was closed before the append could be written."""
-
-
-class ChainBrokenError(EventStoreError):
-    """Stored events do not match their hash chain: they were altered after recording."""

@@ -71,30 +71,23 @@ def recompute(previous: bytes, event: RecordedEvent) -> bytes:
     )
 
 
-class ChainProblem(str):
-    """A sentence describing one way the stored events fail to verify."""
-
-
-def verify_stream(events: Iterable[RecordedEvent]) -> list[ChainProblem]:
-    """Checks one stream's events, in version order, against their chain."""
-    problems: list[ChainProblem] = []
+def verify_stream(events: Iterable[RecordedEvent]) -> list[str]:
+    """Checks one stream's events, in version order, against their chain; returns a
+    sentence for each problem found."""
+    problems: list[str] = []
     previous = GENESIS
     expected_version: int | None = None
     for event in events:
         if expected_version is not None and event.originator_version != expected_version:
             problems.append(
-                ChainProblem(
-                    f"stream {event.originator_id}: version {expected_version} is missing "
-                    f"(next stored is {event.originator_version})"
-                )
+                f"stream {event.originator_id}: version {expected_version} is missing "
+                f"(next stored is {event.originator_version})"
             )
         if event.hash != recompute(previous, event):
             problems.append(
-                ChainProblem(
-                    f"stream {event.originator_id} version {event.originator_version} "
-                    f"(position {event.position}): hash does not match its contents "
-                    "and predecessor"
-                )
+                f"stream {event.originator_id} version {event.originator_version} "
+                f"(position {event.position}): hash does not match its contents "
+                "and predecessor"
             )
         previous = event.hash or GENESIS
         expected_version = event.originator_version + 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 from uuid import UUID
@@ -63,4 +63,3 @@ class AppendMetadata:
     command_id: UUID | None = None
     actor: str | None = None
     trace_id: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)

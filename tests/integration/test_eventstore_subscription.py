@@ -13,14 +13,18 @@ from eventsourcing.persistence import StoredEvent
 from libs.eventstore import ConcurrencyError, EventStore
 
 
-async def _tail(store: EventStore, seen: list):
-    async for event in store.subscribe(0, batch_size=200):
-        seen.append(event)
+async def _tail(store: EventStore, seen: list, progressed: asyncio.Event):
+    async for batch in store.subscribe_batches(0, batch_size=200):
+        seen.extend(batch)
+        progressed.set()
 
 
-async def _caught_up(seen: list, head: int) -> None:
-    while not seen or seen[-1].position < head:  # noqa: ASYNC110 - polls a plain list
-        await asyncio.sleep(0.01)
+async def _caught_up(seen: list, head: int, progressed: asyncio.Event) -> None:
+    while True:
+        progressed.clear()
+        if seen and seen[-1].position >= head:
+            return
+        await progressed.wait()
 
 
 @pytest.mark.parametrize("run", range(3))
@@ -34,7 +38,8 @@ async def test_a_tailing_subscriber_sees_each_event_once_despite_races_rollbacks
     acknowledged: set[tuple] = set()
     rng = random.Random(run)
     seen: list = []
-    tail = asyncio.create_task(_tail(reader, seen))
+    progressed = asyncio.Event()
+    tail = asyncio.create_task(_tail(reader, seen, progressed))
 
     async def writer(store: EventStore, n: int) -> None:
         streams = [uuid4() for _ in range(3)]
@@ -75,9 +80,8 @@ async def test_a_tailing_subscriber_sees_each_event_once_despite_races_rollbacks
                     head + 1,
                     uuid4(),
                 )
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # holds the head lock while our writers queue
                 await tx.rollback()
-            await asyncio.sleep(0.01)
 
     async def long_open_transaction(stop: asyncio.Event) -> None:
         async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
@@ -91,7 +95,7 @@ async def test_a_tailing_subscriber_sees_each_event_once_despite_races_rollbacks
         await asyncio.gather(*writers, foreign_rollbacks())
         stop_long.set()
         await long_tx
-        await asyncio.wait_for(_caught_up(seen, await reader.head_position()), 20)
+        await asyncio.wait_for(_caught_up(seen, await reader.head_position(), progressed), 20)
     finally:
         stop_long.set()
         tail.cancel()
