@@ -62,9 +62,9 @@ async def audit_store(
             f"SELECT {EVENT_COLUMNS} FROM {s}.stored_events "
             f"ORDER BY originator_id, originator_version",
             prefetch=5000,
+            record_class=RecordedEvent,
         )
-        async for row in cursor:
-            event = RecordedEvent._make(row)
+        async for event in cursor:
             if stream and stream[-1].originator_id != event.originator_id:
                 _check(stream, report)
                 if progress:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable
-from datetime import datetime
 from uuid import UUID
 
 from libs.eventstore.records import RecordedEvent
@@ -24,12 +23,6 @@ def _text(value: str | None) -> bytes:
     return struct.pack(">I", len(encoded)) + encoded
 
 
-def _micros(instant: datetime) -> bytes:
-    delta = instant - datetime(1970, 1, 1, tzinfo=instant.tzinfo)
-    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    return _EPOCH_MICROS.pack(micros)
-
-
 def event_hash(
     previous: bytes,
     *,
@@ -38,7 +31,7 @@ def event_hash(
     position: int,
     topic: str,
     state: bytes,
-    recorded_at: datetime,
+    recorded_micros: int,
     command_id: UUID | None,
     actor: str | None,
     trace_id: str | None,
@@ -46,7 +39,7 @@ def event_hash(
     digest = hashlib.sha256(previous)
     digest.update(originator_id.bytes)
     digest.update(_INTS.pack(originator_version, position))
-    digest.update(_micros(recorded_at))
+    digest.update(_EPOCH_MICROS.pack(recorded_micros))
     digest.update(command_id.bytes if command_id else bytes(16))
     digest.update(_text(actor))
     digest.update(_text(trace_id))
@@ -64,7 +57,7 @@ def recompute(previous: bytes, event: RecordedEvent) -> bytes:
         position=event.position,
         topic=event.topic,
         state=event.state,
-        recorded_at=event.recorded_at,
+        recorded_micros=event.recorded_micros,
         command_id=event.command_id,
         actor=event.actor,
         trace_id=event.trace_id,

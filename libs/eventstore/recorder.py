@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -31,7 +31,13 @@ from libs.eventstore.errors import (
     InvalidAppendError,
 )
 from libs.eventstore.hashchain import GENESIS, event_hash
-from libs.eventstore.records import AppendMetadata, AppendResult, RecordedEvent, StreamHead
+from libs.eventstore.records import (
+    AppendMetadata,
+    AppendResult,
+    RecordedEvent,
+    StreamHead,
+    to_micros,
+)
 from libs.eventstore.wakeup import Wakeups
 
 log = logging.getLogger(__name__)
@@ -47,9 +53,15 @@ SCHEMA_FILES: Final = (
 )
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
-EVENT_COLUMNS: Final = (
+INSERT_COLUMNS: Final = (
     "notification_id, originator_id, originator_version, topic, state, "
     "recorded_at, command_id, actor, trace_id, hash"
+)
+# What reads select, in RecordedEvent's order. The recording time comes as integer
+# microseconds: PostgreSQL computes that faster than the client can build datetimes.
+EVENT_COLUMNS: Final = (
+    "notification_id, originator_id, originator_version, topic, state, "
+    "(extract(epoch FROM recorded_at) * 1000000)::int8, command_id, actor, trace_id, hash"
 )
 
 
@@ -93,29 +105,49 @@ _STOP: Final = object()
 class _Queries:
     def __init__(self, schema: str) -> None:
         s = quote_schema(schema)
-        self.lock_head = (
-            f"SELECT last_position, "
-            f"greatest(clock_timestamp(), last_recorded_at) AS recorded_at "
-            f"FROM {s}.stored_events_head FOR UPDATE"
-        )
-        self.update_head = (
-            f"UPDATE {s}.stored_events_head SET last_position = $1, last_recorded_at = $2"
-        )
+        # Locks the head row, then reads what the append must check against: each
+        # stream's newest version and hash, and events already written by these commands.
+        # One statement has one snapshot, taken before any wait for the lock; `visible`
+        # tells whether that snapshot already holds everything up to the locked head.
+        # When it does not (another writer committed meanwhile), `recheck` reads again.
+        self.lock_and_check = f"""
+            WITH head AS (
+                SELECT last_position,
+                       greatest(clock_timestamp(), last_recorded_at) AS recorded_at
+                FROM {s}.stored_events_head FOR UPDATE
+            )
+            SELECT 0 AS kind, NULL::uuid AS id, last_position AS n, recorded_at AS at,
+                   NULL::bytea AS hash, NULL::uuid AS command_id,
+                   (SELECT coalesce(max(notification_id), 0) FROM {s}.stored_events) AS visible
+            FROM head
+            UNION ALL {{checks}}
+        """
+        self.checks = f"""
+            SELECT 1, originator_id, originator_version, NULL, hash, NULL, NULL FROM (
+                SELECT DISTINCT ON (originator_id) originator_id, originator_version, hash
+                FROM {s}.stored_events WHERE originator_id = ANY($1::uuid[])
+                ORDER BY originator_id, originator_version DESC
+            ) AS streams
+            UNION ALL
+            SELECT 2, originator_id, originator_version, recorded_at, NULL, command_id,
+                   notification_id
+            FROM {s}.stored_events WHERE command_id = ANY($2::uuid[])
+        """
+        self.lock_and_check = self.lock_and_check.format(checks=self.checks)
+        self.recheck = f"SELECT * FROM ({self.checks}) AS checks"
+        self.insert_and_advance = f"""
+            WITH inserted AS (
+                INSERT INTO {s}.stored_events ({INSERT_COLUMNS})
+                SELECT * FROM unnest($1::int8[], $2::uuid[], $3::int8[], $4::text[],
+                    $5::bytea[], $6::timestamptz[], $7::uuid[], $8::text[], $9::text[],
+                    $10::bytea[])
+            )
+            UPDATE {s}.stored_events_head SET last_position = $11, last_recorded_at = $12
+        """
         self.head_position = f"SELECT last_position FROM {s}.stored_events_head"
-        self.stream_heads = (
-            f"SELECT DISTINCT ON (originator_id) originator_id, originator_version, hash "
-            f"FROM {s}.stored_events WHERE originator_id = ANY($1::uuid[]) "
-            f"ORDER BY originator_id, originator_version DESC"
-        )
         self.command_events = (
-            f"SELECT command_id, notification_id, originator_id, originator_version, "
-            f"recorded_at FROM {s}.stored_events WHERE command_id = ANY($1::uuid[]) "
-            f"ORDER BY notification_id"
-        )
-        self.insert = (
-            f"INSERT INTO {s}.stored_events ({EVENT_COLUMNS}) "
-            f"SELECT * FROM unnest($1::int8[], $2::uuid[], $3::int8[], $4::text[], "
-            f"$5::bytea[], $6::timestamptz[], $7::uuid[], $8::text[], $9::text[], $10::bytea[])"
+            f"SELECT notification_id, originator_id, originator_version, recorded_at "
+            f"FROM {s}.stored_events WHERE command_id = $1 ORDER BY notification_id"
         )
         self.read_all = (
             f"SELECT {EVENT_COLUMNS} FROM {s}.stored_events "
@@ -290,17 +322,22 @@ class EventStore:
         stream_ids = list({e.originator_id for p in batch for e in p.events})
         command_ids = list({p.metadata.command_id for p in batch if p.metadata.command_id})
         async with conn.transaction():
-            head = await conn.fetchrow(q.lock_head)
-            position: int = head["last_position"]
-            recorded_at: datetime = head["recorded_at"]
-            heads: dict[UUID, tuple[int, bytes]] = {
-                row[0]: (row[1], row[2] or GENESIS)
-                for row in await conn.fetch(q.stream_heads, stream_ids)
-            }
-            earlier: dict[UUID, list[asyncpg.Record]] = {}
-            if command_ids:
-                for row in await conn.fetch(q.command_events, command_ids):
-                    earlier.setdefault(row["command_id"], []).append(row)
+            rows = await conn.fetch(q.lock_and_check, stream_ids, command_ids)
+            _, _, position, recorded_at, _, _, visible = next(r for r in rows if r[0] == 0)
+            if visible != position:
+                rows = await conn.fetch(q.recheck, stream_ids, command_ids)
+            recorded_micros = to_micros(recorded_at)
+            heads: dict[UUID, tuple[int, bytes]] = {}
+            earlier: dict[UUID, list[_Written]] = {}
+            for kind, stream_id, version, at, digest, command_id, written_position in rows:
+                if kind == 1:
+                    heads[stream_id] = (version, digest or GENESIS)
+                elif kind == 2:
+                    earlier.setdefault(command_id, []).append(
+                        _Written(written_position, stream_id, version, at)
+                    )
+            for written in earlier.values():
+                written.sort()
 
             columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [], [])
             outcomes: list[AppendResult | Exception] = []
@@ -330,7 +367,7 @@ class EventStore:
                         position=position,
                         topic=event.topic,
                         state=event.state,
-                        recorded_at=recorded_at,
+                        recorded_micros=recorded_micros,
                         command_id=meta.command_id,
                         actor=meta.actor,
                         trace_id=meta.trace_id,
@@ -364,8 +401,7 @@ class EventStore:
                     in_batch[meta.command_id] = result
                 outcomes.append(result)
             if columns[0]:
-                await conn.execute(q.insert, *columns)
-                await conn.execute(q.update_head, position, recorded_at)
+                await conn.execute(q.insert_and_advance, *columns, position, recorded_at)
         return outcomes
 
     async def _writer_connection(self) -> asyncpg.pool.PoolConnectionProxy:
@@ -410,13 +446,18 @@ class EventStore:
     ) -> list[RecordedEvent]:
         """Events with positions after `after` (and at most `upto`), in position order."""
         upper = upto if upto is not None else 2**63 - 1
-        async with self.pool.acquire() as conn:
-            if topics:
-                rows = await conn.fetch(self._q.read_all_topics, after, upper, limit, list(topics))
-            else:
-                rows = await conn.fetch(self._q.read_all, after, upper, limit)
-        make = RecordedEvent._make
-        return [make(row) for row in rows]
+        if topics:
+            return await self.pool.fetch(
+                self._q.read_all_topics,
+                after,
+                upper,
+                limit,
+                list(topics),
+                record_class=RecordedEvent,
+            )
+        return await self.pool.fetch(
+            self._q.read_all, after, upper, limit, record_class=RecordedEvent
+        )
 
     async def read_stream(
         self,
@@ -429,19 +470,19 @@ class EventStore:
     ) -> list[RecordedEvent]:
         """One stream's events in version order (newest first with `desc`)."""
         sql = self._q.read_stream.format(order="DESC" if desc else "ASC")
-        rows = await self.pool.fetch(
+        return await self.pool.fetch(
             sql,
             stream_id,
             after_version if after_version is not None else -(2**63),
             upto_version if upto_version is not None else 2**63 - 1,
             limit,
+            record_class=RecordedEvent,
         )
-        return [RecordedEvent._make(row) for row in rows]
 
     async def command_result(self, command_id: UUID) -> AppendResult | None:
         """The result of a command already recorded, or None if it never appended."""
-        rows = await self.pool.fetch(self._q.command_events, [command_id])
-        return _result_from_rows(rows) if rows else None
+        rows = await self.pool.fetch(self._q.command_events, command_id)
+        return _result_from_rows([_Written(*row) for row in rows]) if rows else None
 
     async def subscribe_batches(
         self,
@@ -524,16 +565,23 @@ def _conflict(
     return None
 
 
-def _result_from_rows(rows: Sequence[asyncpg.Record]) -> AppendResult:
+class _Written(NamedTuple):
+    """An event a command already wrote."""
+
+    position: int
+    stream_id: UUID
+    version: int
+    recorded_at: datetime
+
+
+def _result_from_rows(rows: Sequence[_Written]) -> AppendResult:
     heads: dict[UUID, int] = {}
     for row in rows:
-        heads[row["originator_id"]] = max(
-            heads.get(row["originator_id"], row["originator_version"]), row["originator_version"]
-        )
+        heads[row.stream_id] = max(heads.get(row.stream_id, row.version), row.version)
     return AppendResult(
-        positions=tuple(row["notification_id"] for row in rows),
+        positions=tuple(row.position for row in rows),
         streams=tuple(StreamHead(s, v) for s, v in heads.items()),
-        recorded_at=rows[0]["recorded_at"],
+        recorded_at=rows[0].recorded_at,
         duplicate=True,
     )
 

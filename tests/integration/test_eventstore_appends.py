@@ -135,3 +135,60 @@ async def test_a_closed_store_refuses_appends(pool, schema):
     await store.close()
     with pytest.raises(Exception, match="closed"):
         await store.append(events(uuid4(), [1]))
+
+
+async def test_an_append_that_waited_for_another_writer_checks_against_its_events(
+    store, pool, schema
+):
+    # Another process holds the head lock and writes version 1 of a stream; our append of
+    # version 2 starts meanwhile, waits for the lock, and must chain onto that version 1,
+    # which its statement's snapshot (taken before the wait) could not see.
+    from libs.eventstore import audit_store
+    from libs.eventstore.hashchain import GENESIS, event_hash
+    from libs.eventstore.records import to_micros
+
+    stream = uuid4()
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        head, now = await conn.fetchrow(
+            f'SELECT last_position, clock_timestamp() FROM "{schema}".stored_events_head FOR UPDATE'
+        )
+        digest = event_hash(
+            GENESIS,
+            originator_id=stream,
+            originator_version=1,
+            position=head + 1,
+            topic="t",
+            state=b"theirs",
+            recorded_micros=to_micros(now),
+            command_id=None,
+            actor=None,
+            trace_id=None,
+        )
+        await conn.execute(
+            f'INSERT INTO "{schema}".stored_events (notification_id, originator_id, '
+            "originator_version, topic, state, recorded_at, hash) "
+            "VALUES ($1, $2, 1, 't', 'theirs', $3, $4)",
+            head + 1,
+            stream,
+            now,
+            digest,
+        )
+        await conn.execute(
+            f'UPDATE "{schema}".stored_events_head SET last_position = $1, last_recorded_at = $2',
+            head + 1,
+            now,
+        )
+        ours = asyncio.create_task(store.append(events(stream, [2])))
+        # Wait until our append is blocked on the head lock, then let the other commit.
+        while not await pool.fetchval(  # noqa: ASYNC110 - polls the server, not a local flag
+            "SELECT count(*) FROM pg_locks WHERE NOT granted"
+        ):
+            await asyncio.sleep(0.005)
+        assert not ours.done()
+        await tx.commit()
+    result = await asyncio.wait_for(ours, 5)
+    assert result.positions == (head + 2,)
+    report = await audit_store(store)
+    assert report.intact, report.problems
