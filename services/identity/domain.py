@@ -1,0 +1,407 @@
+"""The identity context: a Person, every identifier they hold, and the claims that make an
+identifier belong to at most one active person. Corrections keep the old value in the
+event; merges move identifiers and aliases and leave the duplicate as a redirect."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from libs.domain.errors import InvalidFieldError, RuleViolatedError
+from services.identity.identifiers import Identifier, IdentifierType
+
+OLDEST_AGE_YEARS = 130
+CLAIM_NAMESPACE = uuid5(NAMESPACE_URL, "https://throughline.dev/identity/identifier-claim")
+
+
+class Sex(StrEnum):
+    MALE = "MALE"
+    FEMALE = "FEMALE"
+    NOT_KNOWN = "NOT_KNOWN"
+    NOT_SPECIFIED = "NOT_SPECIFIED"
+
+
+class Status(StrEnum):
+    ACTIVE = "ACTIVE"
+    MERGED = "MERGED"  # a redirect to the survivor of a merge
+
+
+@dataclass(frozen=True)
+class Name:
+    """A person's name exactly as given: any script, accents, apostrophes and hyphens."""
+
+    given_names: str
+    family_name: str
+
+    @classmethod
+    def checked(cls, given_names: str, family_name: str, *, field: str = "") -> Name:
+        prefix = f"{field}." if field else ""
+        violations = []
+        given = unicodedata.normalize("NFC", given_names or "").strip()
+        family = unicodedata.normalize("NFC", family_name or "").strip()
+        if not given:
+            violations.append((f"{prefix}given_names", "must not be empty"))
+        if not family:
+            violations.append((f"{prefix}family_name", "must not be empty"))
+        for name_field, value in (
+            (f"{prefix}given_names", given),
+            (f"{prefix}family_name", family),
+        ):
+            if len(value) > 200:
+                violations.append((name_field, "must be at most 200 characters"))
+            if any(unicodedata.category(c) in ("Cc", "Cf") for c in value):
+                violations.append((name_field, "must not contain control characters"))
+        if violations:
+            raise InvalidFieldError(*violations)
+        return cls(given, family)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"given_names": self.given_names, "family_name": self.family_name}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str]) -> Name:
+        return cls(data["given_names"], data["family_name"])
+
+
+def check_date_of_birth(value: date, today: date, *, field: str = "date_of_birth") -> date:
+    if value > today:
+        raise InvalidFieldError((field, "must not be in the future"))
+    if today.year - value.year > OLDEST_AGE_YEARS:
+        raise InvalidFieldError((field, f"must be within the last {OLDEST_AGE_YEARS} years"))
+    return value
+
+
+def check_reason(reason: str, *, field: str = "reason") -> str:
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidFieldError((field, "must say why (it is kept with the record)"))
+    return reason
+
+
+def _pair(identifier: Identifier) -> list[str]:
+    return [identifier.type.value, identifier.value]
+
+
+def _identifier(pair: list[str]) -> Identifier:
+    return Identifier(IdentifierType(pair[0]), pair[1])
+
+
+class Person(Aggregate):
+    """One person on the record. `occurred_at` on each event is when the fact happened
+    (or was decided); the store adds when it was recorded and by whom."""
+
+    @event("Registered")
+    def __init__(
+        self,
+        name: dict[str, str],
+        date_of_birth: date,
+        sex: str,
+        identifiers: list[list[str]],
+        aliases: list[dict[str, str]],
+        occurred_at: datetime,
+    ) -> None:
+        self.name = Name.from_dict(name)
+        self.date_of_birth = date_of_birth
+        self.sex = Sex(sex)
+        self.identifiers: set[Identifier] = {_identifier(p) for p in identifiers}
+        self.aliases: list[Name] = [Name.from_dict(a) for a in aliases]
+        self.status = Status.ACTIVE
+        self.merged_into: UUID | None = None
+        self.date_of_death: date | None = None
+        # For each duplicate merged into this person, what moved, so it can be unmerged.
+        self.absorbed: dict[UUID, dict[str, Any]] = {}
+        self.not_duplicates: set[UUID] = set()
+
+    @classmethod
+    def register(
+        cls,
+        name: Name,
+        date_of_birth: date,
+        sex: Sex,
+        identifiers: list[Identifier],
+        aliases: list[Name],
+        occurred_at: datetime,
+    ) -> Person:
+        return cls(
+            name=name.as_dict(),
+            date_of_birth=date_of_birth,
+            sex=sex.value,
+            identifiers=[_pair(i) for i in sorted(set(identifiers))],
+            aliases=[a.as_dict() for a in aliases],
+            occurred_at=occurred_at,
+        )
+
+    # ------------------------------------------------------------------ rules
+
+    def _require_active(self) -> None:
+        if self.status is Status.MERGED:
+            raise RuleViolatedError(
+                "person_merged",
+                f"person {self.id} was merged into {self.merged_into}; act on the survivor",
+            )
+
+    # -------------------------------------------------------------- commands
+
+    def record_identifier(self, identifier: Identifier, occurred_at: datetime) -> None:
+        self._require_active()
+        if identifier not in self.identifiers:
+            self._identifier_recorded(identifier=_pair(identifier), occurred_at=occurred_at)
+
+    @event("IdentifierRecorded")
+    def _identifier_recorded(self, identifier: list[str], occurred_at: datetime) -> None:
+        self.identifiers.add(_identifier(identifier))
+
+    def retire_identifier(self, identifier: Identifier, reason: str, occurred_at: datetime) -> None:
+        self._require_active()
+        if identifier not in self.identifiers:
+            raise RuleViolatedError(
+                "identifier_not_held", f"person {self.id} does not hold {identifier}"
+            )
+        self._identifier_retired(
+            identifier=_pair(identifier), reason=check_reason(reason), occurred_at=occurred_at
+        )
+
+    @event("IdentifierRetired")
+    def _identifier_retired(
+        self, identifier: list[str], reason: str, occurred_at: datetime
+    ) -> None:
+        self.identifiers.discard(_identifier(identifier))
+
+    def add_alias(self, alias: Name, occurred_at: datetime) -> None:
+        self._require_active()
+        if alias != self.name and alias not in self.aliases:
+            self._alias_added(alias=alias.as_dict(), occurred_at=occurred_at)
+
+    @event("AliasAdded")
+    def _alias_added(self, alias: dict[str, str], occurred_at: datetime) -> None:
+        self.aliases.append(Name.from_dict(alias))
+
+    def change_name(self, name: Name, reason: str, occurred_at: datetime) -> None:
+        self._require_active()
+        if name == self.name:
+            return
+        self._name_changed(
+            name=name.as_dict(),
+            previous=self.name.as_dict(),
+            reason=check_reason(reason),
+            occurred_at=occurred_at,
+        )
+
+    @event("NameChanged")
+    def _name_changed(
+        self, name: dict[str, str], previous: dict[str, str], reason: str, occurred_at: datetime
+    ) -> None:
+        self.name = Name.from_dict(name)
+        # The old name stays searchable: people are known by it in older records.
+        old = Name.from_dict(previous)
+        if old not in self.aliases:
+            self.aliases.append(old)
+
+    def correct_date_of_birth(
+        self, date_of_birth: date, reason: str, occurred_at: datetime
+    ) -> None:
+        self._require_active()
+        if date_of_birth == self.date_of_birth:
+            return
+        self._date_of_birth_corrected(
+            date_of_birth=date_of_birth,
+            previous=self.date_of_birth,
+            reason=check_reason(reason),
+            occurred_at=occurred_at,
+        )
+
+    @event("DateOfBirthCorrected")
+    def _date_of_birth_corrected(
+        self, date_of_birth: date, previous: date, reason: str, occurred_at: datetime
+    ) -> None:
+        self.date_of_birth = date_of_birth
+
+    def record_death(self, date_of_death: date, occurred_at: datetime) -> None:
+        self._require_active()
+        if date_of_death < self.date_of_birth:
+            raise InvalidFieldError(("date_of_death", "must not be before the date of birth"))
+        if self.date_of_death is not None:
+            raise RuleViolatedError(
+                "death_already_recorded",
+                f"person {self.id} already has a date of death ({self.date_of_death})",
+            )
+        self._death_recorded(date_of_death=date_of_death, occurred_at=occurred_at)
+
+    @event("DeathRecorded")
+    def _death_recorded(self, date_of_death: date, occurred_at: datetime) -> None:
+        self.date_of_death = date_of_death
+
+    # ----------------------------------------------------------------- merging
+
+    def merge_into(self, survivor: Person, reason: str, occurred_at: datetime) -> None:
+        """Makes this person a redirect to `survivor`, moving identifiers and aliases."""
+        if survivor.id == self.id:
+            raise RuleViolatedError("merge_into_self", "a person cannot be merged into themself")
+        self._require_active()
+        if survivor.status is Status.MERGED:
+            raise RuleViolatedError(
+                "survivor_merged",
+                f"survivor {survivor.id} was itself merged into {survivor.merged_into}",
+            )
+        if survivor.id in self.not_duplicates:
+            raise RuleViolatedError(
+                "marked_not_duplicate",
+                f"{self.id} and {survivor.id} were marked as not the same person",
+            )
+        reason = check_reason(reason)
+        moved_identifiers = [_pair(i) for i in sorted(self.identifiers)]
+        moved_aliases = [a.as_dict() for a in [self.name, *self.aliases]]
+        self._merged_into(
+            survivor_id=survivor.id,
+            identifiers=moved_identifiers,
+            aliases=moved_aliases,
+            reason=reason,
+            occurred_at=occurred_at,
+        )
+        survivor._absorbed(
+            duplicate_id=self.id,
+            identifiers=moved_identifiers,
+            aliases=moved_aliases,
+            reason=reason,
+            occurred_at=occurred_at,
+        )
+
+    @event("MergedInto")
+    def _merged_into(
+        self,
+        survivor_id: UUID,
+        identifiers: list[list[str]],
+        aliases: list[dict[str, str]],
+        reason: str,
+        occurred_at: datetime,
+    ) -> None:
+        self.status = Status.MERGED
+        self.merged_into = survivor_id
+        self.identifiers = set()
+
+    @event("DuplicateAbsorbed")
+    def _absorbed(
+        self,
+        duplicate_id: UUID,
+        identifiers: list[list[str]],
+        aliases: list[dict[str, str]],
+        reason: str,
+        occurred_at: datetime,
+    ) -> None:
+        new_identifiers = [p for p in identifiers if _identifier(p) not in self.identifiers]
+        new_aliases = [
+            a
+            for a in aliases
+            if Name.from_dict(a) != self.name and Name.from_dict(a) not in self.aliases
+        ]
+        self.identifiers.update(_identifier(p) for p in new_identifiers)
+        self.aliases.extend(Name.from_dict(a) for a in new_aliases)
+        self.absorbed[duplicate_id] = {"identifiers": new_identifiers, "aliases": new_aliases}
+
+    def unmerge_from(
+        self, survivor: Person, reason: str, occurred_at: datetime
+    ) -> list[Identifier]:
+        """Reverses the merge of this person into `survivor`; returns the identifiers that
+        come back to this person."""
+        if self.status is not Status.MERGED or self.merged_into != survivor.id:
+            raise RuleViolatedError(
+                "not_merged", f"person {self.id} is not merged into {survivor.id}"
+            )
+        moved = survivor.absorbed.get(self.id, {"identifiers": [], "aliases": []})
+        returning = [p for p in moved["identifiers"] if _identifier(p) in survivor.identifiers]
+        reason = check_reason(reason)
+        survivor._released(
+            duplicate_id=self.id,
+            identifiers=returning,
+            aliases=moved["aliases"],
+            reason=reason,
+            occurred_at=occurred_at,
+        )
+        self._unmerged(
+            survivor_id=survivor.id, identifiers=returning, reason=reason, occurred_at=occurred_at
+        )
+        return [_identifier(p) for p in returning]
+
+    @event("DuplicateReleased")
+    def _released(
+        self,
+        duplicate_id: UUID,
+        identifiers: list[list[str]],
+        aliases: list[dict[str, str]],
+        reason: str,
+        occurred_at: datetime,
+    ) -> None:
+        for pair in identifiers:
+            self.identifiers.discard(_identifier(pair))
+        gone = [Name.from_dict(a) for a in aliases]
+        self.aliases = [a for a in self.aliases if a not in gone]
+        self.absorbed.pop(duplicate_id, None)
+
+    @event("Unmerged")
+    def _unmerged(
+        self, survivor_id: UUID, identifiers: list[list[str]], reason: str, occurred_at: datetime
+    ) -> None:
+        self.status = Status.ACTIVE
+        self.merged_into = None
+        self.identifiers = {_identifier(p) for p in identifiers}
+
+    def mark_not_duplicate(self, other: Person, reason: str, occurred_at: datetime) -> None:
+        """Records a human decision that this person and `other` are different people."""
+        if other.id == self.id:
+            raise RuleViolatedError("same_person", "a person cannot be marked as not themself")
+        reason = check_reason(reason)
+        if other.id not in self.not_duplicates:
+            self._not_duplicate_marked(other_id=other.id, reason=reason, occurred_at=occurred_at)
+        if self.id not in other.not_duplicates:
+            other._not_duplicate_marked(other_id=self.id, reason=reason, occurred_at=occurred_at)
+
+    @event("NotDuplicateMarked")
+    def _not_duplicate_marked(self, other_id: UUID, reason: str, occurred_at: datetime) -> None:
+        self.not_duplicates.add(other_id)
+
+
+def claim_id(identifier: Identifier) -> UUID:
+    return uuid5(CLAIM_NAMESPACE, f"{identifier.type.value}:{identifier.value}")
+
+
+class IdentifierClaim(Aggregate):
+    """Which person holds an identifier now. Its id is derived from the identifier, so
+    two people claiming the same identifier write to the same stream and one loses."""
+
+    @staticmethod
+    def create_id(identifier_type: str, value: str) -> UUID:
+        return claim_id(Identifier(IdentifierType(identifier_type), value))
+
+    @event("Claimed")
+    def __init__(self, identifier_type: str, value: str, person_id: UUID) -> None:
+        self.identifier = Identifier(IdentifierType(identifier_type), value)
+        self.holder: UUID | None = person_id
+
+    @classmethod
+    def first(cls, identifier: Identifier, person_id: UUID) -> IdentifierClaim:
+        return cls(
+            identifier_type=identifier.type.value, value=identifier.value, person_id=person_id
+        )
+
+    def claim(self, person_id: UUID) -> None:
+        if self.holder == person_id:
+            return
+        self._claimed(person_id=person_id)
+
+    @event("Reclaimed")
+    def _claimed(self, person_id: UUID) -> None:
+        self.holder = person_id
+
+    def release(self, person_id: UUID) -> None:
+        if self.holder == person_id:
+            self._released(person_id=person_id)
+
+    @event("Released")
+    def _released(self, person_id: UUID) -> None:
+        self.holder = None

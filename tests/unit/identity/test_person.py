@@ -1,0 +1,179 @@
+"""The Person aggregate and identifier claims, given/when/then on events."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+
+from libs.domain.errors import InvalidFieldError, RuleViolatedError
+from services.identity.domain import (
+    IdentifierClaim,
+    Name,
+    Person,
+    Sex,
+    Status,
+    check_date_of_birth,
+    claim_id,
+)
+from services.identity.identifiers import Identifier, IdentifierType
+
+NOW = datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
+PNC = Identifier(IdentifierType.PNC, "2012/0394773H")
+NOMS = Identifier(IdentifierType.NOMS, "A1234AA")
+
+
+def person(given="Ann", family="Example", dob=date(1980, 5, 17), identifiers=(), aliases=()):
+    return Person.register(
+        Name(given, family), dob, Sex.FEMALE, list(identifiers), list(aliases), NOW
+    )
+
+
+def event_names(aggregate) -> list[str]:
+    return [type(e).__name__ for e in aggregate.collect_events()]
+
+
+def test_registering_records_one_event_with_every_fact():
+    ann = person(identifiers=[PNC], aliases=[Name("Annie", "Example")])
+    assert ann.identifiers == {PNC}
+    assert ann.aliases == [Name("Annie", "Example")]
+    (registered,) = ann.collect_events()
+    assert type(registered).__name__ == "Registered"
+    assert registered.occurred_at == NOW
+
+
+def test_names_keep_their_script_and_punctuation_but_not_empty():
+    assert Name.checked("  Zoë ", "O'Brien-Łukasz") == Name("Zoë", "O'Brien-Łukasz")
+    assert Name.checked("Дмитрий", "Иванов").family_name == "Иванов"
+    with pytest.raises(InvalidFieldError) as raised:
+        Name.checked(" ", "", field="name")
+    assert raised.value.violations == [
+        ("name.given_names", "must not be empty"),
+        ("name.family_name", "must not be empty"),
+    ]
+
+
+def test_dates_of_birth_in_the_future_or_impossibly_long_ago_are_refused():
+    today = date(2026, 11, 22)
+    with pytest.raises(InvalidFieldError, match="future"):
+        check_date_of_birth(date(2026, 11, 23), today)
+    with pytest.raises(InvalidFieldError, match="130 years"):
+        check_date_of_birth(date(1880, 1, 1), today)
+    assert check_date_of_birth(date(1950, 2, 28), today) == date(1950, 2, 28)
+
+
+def test_a_correction_keeps_the_old_value_in_its_event():
+    ann = person()
+    ann.collect_events()
+    ann.correct_date_of_birth(date(1980, 7, 15), "typo on reception", NOW)
+    ann.change_name(Name("Ann", "Married"), "marriage", NOW)
+    dob_event, name_event = ann.collect_events()
+    assert dob_event.previous == date(1980, 5, 17) and dob_event.reason == "typo on reception"
+    assert name_event.previous == {"given_names": "Ann", "family_name": "Example"}
+    assert Name("Ann", "Example") in ann.aliases
+
+
+def test_a_correction_without_a_reason_is_refused():
+    with pytest.raises(InvalidFieldError, match="reason"):
+        person().correct_date_of_birth(date(1980, 7, 15), " ", NOW)
+
+
+def test_recording_an_identifier_already_held_records_nothing():
+    ann = person(identifiers=[PNC])
+    ann.collect_events()
+    ann.record_identifier(PNC, NOW)
+    assert ann.collect_events() == []
+
+
+def test_retiring_an_identifier_not_held_is_a_rule_violation():
+    with pytest.raises(RuleViolatedError) as raised:
+        person().retire_identifier(PNC, "entered in error", NOW)
+    assert raised.value.rule == "identifier_not_held"
+
+
+def test_death_before_birth_or_twice_is_refused():
+    ann = person()
+    with pytest.raises(InvalidFieldError):
+        ann.record_death(date(1970, 1, 1), NOW)
+    ann.record_death(date(2026, 1, 1), NOW)
+    with pytest.raises(RuleViolatedError):
+        ann.record_death(date(2026, 1, 2), NOW)
+
+
+def test_a_merge_moves_identifiers_and_names_and_leaves_a_redirect():
+    survivor = person(identifiers=[NOMS])
+    duplicate = person(given="Anne", identifiers=[PNC])
+    duplicate.merge_into(survivor, "same fingerprints", NOW)
+    assert duplicate.status is Status.MERGED and duplicate.merged_into == survivor.id
+    assert duplicate.identifiers == set()
+    assert survivor.identifiers == {NOMS, PNC}
+    assert Name("Anne", "Example") in survivor.aliases
+    assert event_names(duplicate)[-1] == "MergedInto"
+    assert event_names(survivor)[-1] == "DuplicateAbsorbed"
+
+
+@pytest.mark.parametrize(
+    ("arrange", "rule"),
+    [
+        ("self", "merge_into_self"),
+        ("already_merged", "person_merged"),
+        ("survivor_merged", "survivor_merged"),
+        ("not_duplicate", "marked_not_duplicate"),
+    ],
+)
+def test_circular_repeated_and_overridden_merges_are_refused(arrange, rule):
+    a, b, c = person(), person(), person()
+    if arrange == "self":
+        survivor, duplicate = a, a
+    elif arrange == "already_merged":
+        a.merge_into(b, "same", NOW)
+        survivor, duplicate = c, a
+    elif arrange == "survivor_merged":
+        b.merge_into(c, "same", NOW)  # b is now a redirect to c
+        survivor, duplicate = b, a
+    else:
+        a.mark_not_duplicate(b, "twins", NOW)
+        survivor, duplicate = b, a
+    with pytest.raises(RuleViolatedError) as raised:
+        duplicate.merge_into(survivor, "same", NOW)
+    assert raised.value.rule == rule
+
+
+def test_merging_back_the_other_way_is_refused():
+    a, b = person(), person()
+    a.merge_into(b, "same", NOW)
+    with pytest.raises(RuleViolatedError):
+        b.merge_into(a, "circular", NOW)
+
+
+def test_an_unmerge_gives_back_exactly_what_moved():
+    survivor = person(identifiers=[NOMS])
+    duplicate = person(given="Anne", identifiers=[PNC])
+    duplicate.merge_into(survivor, "same", NOW)
+    returned = duplicate.unmerge_from(survivor, "different people after all", NOW)
+    assert returned == [PNC]
+    assert survivor.identifiers == {NOMS} and duplicate.identifiers == {PNC}
+    assert duplicate.status is Status.ACTIVE
+    assert Name("Anne", "Example") not in survivor.aliases
+
+
+def test_unmerging_a_person_that_was_not_merged_is_refused():
+    with pytest.raises(RuleViolatedError) as raised:
+        person().unmerge_from(person(), "no", NOW)
+    assert raised.value.rule == "not_merged"
+
+
+def test_not_duplicate_is_recorded_on_both_people():
+    a, b = person(), person()
+    a.mark_not_duplicate(b, "twins", NOW)
+    assert a.not_duplicates == {b.id} and b.not_duplicates == {a.id}
+
+
+def test_a_claim_id_is_derived_from_the_identifier_and_the_holder_moves():
+    claim = IdentifierClaim.first(PNC, person().id)
+    assert claim.id == claim_id(PNC) == claim_id(Identifier(IdentifierType.PNC, "2012/0394773H"))
+    other = person().id
+    claim.release(claim.holder)
+    assert claim.holder is None
+    claim.claim(other)
+    assert claim.holder == other
