@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from datetime import date
 
+from asyncpg.pgproto.pgproto import UUID as _DriverUUID
 from eventsourcing.cryptography import AESCipher
 from eventsourcing.persistence import (
     DatetimeAsISO,
@@ -31,9 +32,22 @@ class DateAsISO(Transcoding):
         return date.fromisoformat(data)
 
 
+class DriverUUIDAsHex(UUIDAsHex):
+    """asyncpg returns UUIDs as its own fast subclass; they reach aggregates as ids read
+    back from the store and must encode like any UUID (same name, so they decode as one)."""
+
+    type = _DriverUUID
+
+
 def create_transcoder() -> JSONTranscoder:
     transcoder = JSONTranscoder()
-    for transcoding in (UUIDAsHex(), DatetimeAsISO(), DecimalAsStr(), DateAsISO()):
+    for transcoding in (
+        UUIDAsHex(),
+        DriverUUIDAsHex(),
+        DatetimeAsISO(),
+        DecimalAsStr(),
+        DateAsISO(),
+    ):
         transcoder.register(transcoding)
     return transcoder
 

@@ -1,0 +1,315 @@
+"""Identity command handlers and queries: load, decide, save. Every command carries a
+client command id; a retry returns the first result and records nothing new. A command
+that loses a race to another writer reloads and decides again."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.domain import Aggregate
+
+from libs.domain.errors import AlreadyExistsError, NotFoundError, RuleViolatedError
+from libs.eventstore import (
+    AppendResult,
+    ConcurrencyError,
+    EventStore,
+    Repository,
+    TrackingStore,
+)
+from services.identity.domain import IdentifierClaim, Name, Person, Sex, Status, claim_id
+from services.identity.identifiers import Identifier
+from services.identity.matching import DEFAULT_THRESHOLD, NameKey, Profile
+from services.identity.search_index import PROJECTION_NAME, Candidate, SearchIndex
+
+MAX_ATTEMPTS = 5
+MAX_REDIRECTS = 20
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a command wrote: the person it concerns and the store position of the write."""
+
+    person_id: UUID
+    position: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class PersonView:
+    person: Person
+    redirected_from: UUID | None
+    version_position: int | None = None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class IdentityApplication:
+    def __init__(
+        self,
+        store: EventStore,
+        repository: Repository,
+        search_index: SearchIndex,
+        tracking: TrackingStore,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.repository = repository
+        self.search_index = search_index
+        self.tracking = tracking
+        self.clock = clock
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _run(
+        self,
+        command_id: UUID,
+        decide: Callable[[], Awaitable[tuple[UUID, list[Aggregate]]]],
+    ) -> Written:
+        earlier = await self.store.command_result(command_id)
+        if earlier is not None:
+            return await self._written(earlier)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            person_id, aggregates = await decide()
+            try:
+                result = await self.repository.save(*aggregates, command_id=command_id)
+            except ConcurrencyError:
+                if attempt == MAX_ATTEMPTS:
+                    raise
+                continue
+            if result.duplicate:
+                return await self._written(result)
+            return Written(person_id, result.last_position, duplicate=False)
+        raise AssertionError("unreachable")
+
+    async def _written(self, result: AppendResult) -> Written:
+        # The person is the stream of the command's first event: handlers save it first.
+        (first,) = await self.store.read_all(result.positions[0] - 1, 1)
+        return Written(first.originator_id, result.last_position, duplicate=True)
+
+    async def _person(self, person_id: UUID) -> Person:
+        try:
+            return await self.repository.get(person_id)
+        except AggregateNotFoundError:
+            raise NotFoundError("person", str(person_id)) from None
+
+    async def _claim(self, identifier: Identifier) -> IdentifierClaim | None:
+        try:
+            return await self.repository.get(claim_id(identifier))
+        except AggregateNotFoundError:
+            return None
+
+    async def _claims_for(self, person_id: UUID, identifiers: list[Identifier]) -> list[Aggregate]:
+        """Claims `identifiers` for `person_id`, refusing any held by someone else."""
+        changed: list[Aggregate] = []
+        for identifier in identifiers:
+            claim = await self._claim(identifier)
+            if claim is None:
+                changed.append(IdentifierClaim.first(identifier, person_id))
+            elif claim.holder is None or claim.holder == person_id:
+                claim.claim(person_id)
+                changed.append(claim)
+            else:
+                raise AlreadyExistsError("identifier", str(identifier), holder=str(claim.holder))
+        return changed
+
+    # ------------------------------------------------------------------ commands
+
+    async def register_person(
+        self,
+        command_id: UUID,
+        name: Name,
+        date_of_birth: date,
+        sex: Sex,
+        identifiers: list[Identifier],
+        aliases: list[Name],
+        occurred_at: datetime | None = None,
+    ) -> Written:
+        async def decide():
+            person = Person.register(
+                name, date_of_birth, sex, identifiers, aliases, occurred_at or self.clock()
+            )
+            return person.id, [person, *await self._claims_for(person.id, sorted(set(identifiers)))]
+
+        return await self._run(command_id, decide)
+
+    async def record_identifier(
+        self, command_id: UUID, person_id: UUID, identifier: Identifier
+    ) -> Written:
+        async def decide():
+            person = await self._person(person_id)
+            person.record_identifier(identifier, self.clock())
+            return person.id, [person, *await self._claims_for(person.id, [identifier])]
+
+        return await self._run(command_id, decide)
+
+    async def retire_identifier(
+        self, command_id: UUID, person_id: UUID, identifier: Identifier, reason: str
+    ) -> Written:
+        async def decide():
+            person = await self._person(person_id)
+            person.retire_identifier(identifier, reason, self.clock())
+            claim = await self._claim(identifier)
+            changed: list[Aggregate] = [person]
+            if claim is not None:
+                claim.release(person.id)
+                changed.append(claim)
+            return person.id, changed
+
+        return await self._run(command_id, decide)
+
+    async def _change(
+        self, command_id: UUID, person_id: UUID, change: Callable[[Person], None]
+    ) -> Written:
+        async def decide():
+            person = await self._person(person_id)
+            change(person)
+            return person.id, [person]
+
+        return await self._run(command_id, decide)
+
+    async def add_alias(self, command_id: UUID, person_id: UUID, alias: Name) -> Written:
+        return await self._change(command_id, person_id, lambda p: p.add_alias(alias, self.clock()))
+
+    async def change_name(
+        self, command_id: UUID, person_id: UUID, name: Name, reason: str
+    ) -> Written:
+        return await self._change(
+            command_id, person_id, lambda p: p.change_name(name, reason, self.clock())
+        )
+
+    async def correct_date_of_birth(
+        self, command_id: UUID, person_id: UUID, date_of_birth: date, reason: str
+    ) -> Written:
+        return await self._change(
+            command_id,
+            person_id,
+            lambda p: p.correct_date_of_birth(date_of_birth, reason, self.clock()),
+        )
+
+    async def record_death(self, command_id: UUID, person_id: UUID, date_of_death: date) -> Written:
+        return await self._change(
+            command_id, person_id, lambda p: p.record_death(date_of_death, self.clock())
+        )
+
+    async def merge_people(
+        self, command_id: UUID, survivor_id: UUID, duplicate_id: UUID, reason: str
+    ) -> Written:
+        async def decide():
+            if survivor_id == duplicate_id:
+                raise RuleViolatedError(
+                    "merge_into_self", "a person cannot be merged into themself"
+                )
+            survivor = await self._person(survivor_id)
+            duplicate = await self._person(duplicate_id)
+            moving = sorted(duplicate.identifiers)
+            duplicate.merge_into(survivor, reason, self.clock())
+            claims = []
+            for identifier in moving:
+                claim = await self._claim(identifier)
+                if claim is not None:
+                    claim.claim(survivor.id)
+                    claims.append(claim)
+            return survivor.id, [survivor, duplicate, *claims]
+
+        return await self._run(command_id, decide)
+
+    async def unmerge_people(
+        self, command_id: UUID, survivor_id: UUID, duplicate_id: UUID, reason: str
+    ) -> Written:
+        async def decide():
+            survivor = await self._person(survivor_id)
+            duplicate = await self._person(duplicate_id)
+            returning = duplicate.unmerge_from(survivor, reason, self.clock())
+            claims = []
+            for identifier in returning:
+                claim = await self._claim(identifier)
+                if claim is not None:
+                    claim.claim(duplicate.id)
+                    claims.append(claim)
+            return duplicate.id, [duplicate, survivor, *claims]
+
+        return await self._run(command_id, decide)
+
+    async def mark_not_duplicate(
+        self, command_id: UUID, person_id: UUID, other_id: UUID, reason: str
+    ) -> Written:
+        async def decide():
+            person = await self._person(person_id)
+            other = await self._person(other_id)
+            person.mark_not_duplicate(other, reason, self.clock())
+            return person.id, [person, other]
+
+        return await self._run(command_id, decide)
+
+    # ------------------------------------------------------------------- queries
+
+    async def get_person(self, person_id: UUID) -> PersonView:
+        """The person, following merge redirects to the survivor."""
+        person = await self._person(person_id)
+        redirected_from = None
+        hops = 0
+        while person.status is Status.MERGED and person.merged_into is not None:
+            redirected_from = redirected_from or person.id
+            person = await self._person(person.merged_into)
+            hops += 1
+            if hops > MAX_REDIRECTS:
+                raise RuleViolatedError("redirect_loop", f"person {person_id} redirects in a loop")
+        return PersonView(person, redirected_from)
+
+    async def get_person_by_identifier(self, identifier: Identifier) -> PersonView:
+        claim = await self._claim(identifier)
+        if claim is None or claim.holder is None:
+            raise NotFoundError("identifier", str(identifier))
+        return await self.get_person(claim.holder)
+
+    async def wait_for_index(self, position: int, *, timeout: float = 5.0) -> None:
+        """Returns once the search index includes every write up to `position`."""
+        if position > 0:
+            await self.tracking.wait(PROJECTION_NAME, self.store.schema, position, timeout=timeout)
+
+    async def search_people(
+        self,
+        *,
+        names: list[Name],
+        date_of_birth: date | None,
+        identifiers: list[Identifier],
+        limit: int = 10,
+        min_position: int = 0,
+    ) -> list[Candidate]:
+        await self.wait_for_index(min_position)
+        query = Profile(
+            names=[NameKey.of(n.given_names, n.family_name) for n in names],
+            date_of_birth=date_of_birth,
+            identifiers=set(identifiers),
+        )
+        return await self.search_index.search(query, limit=limit)
+
+    async def list_possible_duplicates(
+        self,
+        person_id: UUID,
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+        limit: int = 10,
+        min_position: int = 0,
+    ) -> list[Candidate]:
+        await self.wait_for_index(min_position)
+        view = await self.get_person(person_id)
+        found = await self.search_index.profile_of(view.person.id)
+        if found is None:
+            raise NotFoundError("person", f"{person_id} (not yet in the search index)")
+        profile, not_duplicates = found
+        candidates = await self.search_index.search(profile, limit=limit + len(not_duplicates) + 1)
+        return [
+            c
+            for c in candidates
+            if c.person_id != view.person.id
+            and c.person_id not in not_duplicates
+            and c.match.score >= threshold
+        ][:limit]

@@ -1,0 +1,57 @@
+"""The identity service's composition root: wires the store, repository, search index
+projection and application together over one pool and schema."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import asyncpg
+
+from libs.eventstore import (
+    EventStore,
+    ProjectionRunner,
+    Repository,
+    TrackingStore,
+    create_mapper,
+    create_schema,
+)
+from services.identity.application import IdentityApplication
+from services.identity.search_index import SearchIndex, create_search_index
+
+SCHEMA = "identity"
+
+
+@dataclass
+class Identity:
+    store: EventStore
+    application: IdentityApplication
+    projection: ProjectionRunner
+    _task: asyncio.Task[None] | None = None
+
+    def start_projection(self) -> None:
+        self._task = asyncio.create_task(self.projection.run(), name="identity-search-index")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.store.close()
+
+
+async def bootstrap(
+    pool: asyncpg.Pool, *, schema: str = SCHEMA, cipher_key: str | None = None
+) -> Identity:
+    async with pool.acquire() as conn:
+        await create_schema(conn, schema)
+        await create_search_index(conn, schema)
+    store = EventStore(pool, schema)
+    mapper = create_mapper(cipher_key)
+    repository = Repository(store, mapper)
+    tracking = TrackingStore(pool, schema)
+    index = SearchIndex(pool, schema, mapper, repository)
+    application = IdentityApplication(store, repository, index, tracking)
+    projection = ProjectionRunner(index, store, tracking, upstream=schema)
+    return Identity(store, application, projection)

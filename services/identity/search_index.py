@@ -1,0 +1,267 @@
+"""The search index: a projection of Person events into tables with precomputed blocking
+keys, and the queries that find and score candidates from it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from uuid import UUID
+
+import asyncpg
+from eventsourcing.persistence import Mapper
+
+from libs.eventstore import RecordedEvent, Repository
+from libs.eventstore.recorder import quote_schema
+from services.identity.domain import Person, Status
+from services.identity.identifiers import Identifier, IdentifierType
+from services.identity.matching import (
+    Match,
+    NameKey,
+    Profile,
+    date_variants,
+    phonetic,
+    prefix,
+    score,
+)
+
+SQL = Path(__file__).parent / "sql" / "search_index.sql"
+PROJECTION_NAME = "identity_search"
+CANDIDATE_LIMIT = 500
+
+
+async def create_search_index(conn: asyncpg.Connection, schema: str) -> None:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"search:{schema}")
+        await conn.execute(SQL.read_text().format(schema=quote_schema(schema)))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    person_id: UUID
+    given_names: str
+    family_name: str
+    date_of_birth: date
+    match: Match
+
+
+def _person_row(person: Person) -> tuple:
+    return (
+        person.id,
+        person.name.given_names,
+        person.name.family_name,
+        person.date_of_birth,
+        person.sex.value,
+        person.status.value,
+        person.merged_into,
+        sorted(person.not_duplicates),
+        person.version,
+    )
+
+
+def _name_rows(person: Person) -> list[tuple]:
+    rows = []
+    for ordinal, name in enumerate([person.name, *person.aliases]):
+        key = NameKey.of(name.given_names, name.family_name)
+        rows.append(
+            (
+                person.id,
+                ordinal,
+                key.given,
+                key.family,
+                prefix(key.given),
+                prefix(key.family),
+                phonetic(key.given),
+                phonetic(key.family),
+                person.date_of_birth,
+            )
+        )
+    return rows
+
+
+class SearchIndex:
+    """The projection (apply/clear) and the queries over it."""
+
+    name = PROJECTION_NAME
+
+    def __init__(self, pool: asyncpg.Pool, schema: str, mapper: Mapper, repository: Repository):
+        self.pool = pool
+        self.mapper = mapper
+        self.repository = repository
+        s = quote_schema(schema)
+        self._upsert_person = f"""
+            INSERT INTO {s}.search_person AS p (person_id, given_names, family_name,
+                date_of_birth, sex, status, merged_into, not_duplicates, version)
+            SELECT person_id, given_names, family_name, date_of_birth, sex, status,
+                   merged_into, string_to_array(not_duplicates, ',')::uuid[], version
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::date[], $5::text[],
+                $6::text[], $7::uuid[], $8::text[], $9::int8[])
+                AS t(person_id, given_names, family_name, date_of_birth, sex, status,
+                     merged_into, not_duplicates, version)
+            ON CONFLICT (person_id) DO UPDATE SET given_names = excluded.given_names,
+                family_name = excluded.family_name, date_of_birth = excluded.date_of_birth,
+                sex = excluded.sex, status = excluded.status,
+                merged_into = excluded.merged_into, not_duplicates = excluded.not_duplicates,
+                version = excluded.version
+        """
+        self._delete_names = f"DELETE FROM {s}.search_name WHERE person_id = ANY($1::uuid[])"
+        self._insert_names = f"""
+            INSERT INTO {s}.search_name SELECT * FROM unnest($1::uuid[], $2::int4[],
+                $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                $9::date[])
+        """
+        self._delete_identifiers = (
+            f"DELETE FROM {s}.search_identifier WHERE person_id = ANY($1::uuid[])"
+        )
+        self._insert_identifiers = f"""
+            INSERT INTO {s}.search_identifier SELECT * FROM unnest($1::text[], $2::text[],
+                $3::uuid[])
+        """
+        self._clear = [
+            f"TRUNCATE {s}.search_person, {s}.search_name, {s}.search_identifier",
+        ]
+        # One round trip: block, then load each candidate with its names and identifiers.
+        self._search = f"""
+            WITH blocked AS (
+                (SELECT person_id FROM {s}.search_identifier
+                  WHERE (type, value) IN (SELECT * FROM unnest($1::text[], $2::text[])))
+                UNION
+                (SELECT person_id FROM {s}.search_name
+                  WHERE $3::date IS NOT NULL AND date_of_birth = $3
+                    AND (family_prefix = ANY($4::text[]) OR given_prefix = ANY($4::text[]))
+                  LIMIT {CANDIDATE_LIMIT})
+                UNION
+                (SELECT person_id FROM {s}.search_name
+                  WHERE family_phonetic = ANY($5::text[]) AND date_of_birth = ANY($6::date[])
+                  LIMIT {CANDIDATE_LIMIT})
+                UNION
+                (SELECT person_id FROM {s}.search_name
+                  WHERE $3::date IS NULL AND family_phonetic = ANY($5::text[])
+                    AND given_phonetic = ANY($7::text[])
+                  LIMIT {CANDIDATE_LIMIT})
+                UNION
+                (SELECT person_id FROM {s}.search_name
+                  WHERE $3::date IS NOT NULL AND cardinality($5::text[]) = 0
+                    AND date_of_birth = $3
+                  LIMIT {CANDIDATE_LIMIT})
+            )
+            SELECT p.person_id, p.given_names, p.family_name, p.date_of_birth, p.sex,
+                   p.not_duplicates,
+                   ARRAY(SELECT n.given_norm || '|' || n.family_norm FROM {s}.search_name n
+                         WHERE n.person_id = p.person_id ORDER BY n.ordinal) AS names,
+                   ARRAY(SELECT i.type || '|' || i.value FROM {s}.search_identifier i
+                         WHERE i.person_id = p.person_id) AS identifiers
+            FROM {s}.search_person p JOIN blocked USING (person_id)
+            WHERE p.status = 'ACTIVE'
+        """
+        self._profile = f"""
+            SELECT p.date_of_birth, p.sex, p.not_duplicates,
+                   ARRAY(SELECT n.given_norm || '|' || n.family_norm FROM {s}.search_name n
+                         WHERE n.person_id = p.person_id ORDER BY n.ordinal) AS names,
+                   ARRAY(SELECT i.type || '|' || i.value FROM {s}.search_identifier i
+                         WHERE i.person_id = p.person_id) AS identifiers
+            FROM {s}.search_person p WHERE p.person_id = $1
+        """
+
+    # ---------------------------------------------------------------- projection
+
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        latest: dict[UUID, RecordedEvent] = {}
+        for recorded in events:
+            if recorded.topic.startswith(Person.__module__ + ":Person."):
+                latest[recorded.originator_id] = recorded
+        people: list[Person] = []
+        for recorded in latest.values():
+            if recorded.originator_version == 1:
+                # A registration carries everything; no need to read the stream back.
+                registered = self.mapper.to_domain_event(recorded)
+                people.append(registered.mutate(None))
+            else:
+                people.append(
+                    await self.repository.get(
+                        recorded.originator_id, version=recorded.originator_version
+                    )
+                )
+        if people:
+            await self._write(conn, people)
+
+    async def _write(self, conn: asyncpg.Connection, people: list[Person]) -> None:
+        ids = [p.id for p in people]
+        person_rows = [_person_row(p) for p in people]
+        # Each row's not-duplicates travel as one comma-separated string: unnest would
+        # flatten an array of arrays.
+        person_rows = [(*row[:7], ",".join(map(str, row[7])), row[8]) for row in person_rows]
+        await conn.execute(self._upsert_person, *zip(*person_rows, strict=True))
+        await conn.execute(self._delete_names, ids)
+        await conn.execute(self._delete_identifiers, ids)
+        active = [p for p in people if p.status is Status.ACTIVE]
+        name_rows = [row for p in active for row in _name_rows(p)]
+        if name_rows:
+            await conn.execute(self._insert_names, *zip(*name_rows, strict=True))
+        identifier_rows = [
+            (i.type.value, i.value, p.id) for p in active for i in sorted(p.identifiers)
+        ]
+        if identifier_rows:
+            await conn.execute(self._insert_identifiers, *zip(*identifier_rows, strict=True))
+
+    async def clear(self, conn: asyncpg.Connection) -> None:
+        for statement in self._clear:
+            await conn.execute(statement)
+
+    # ------------------------------------------------------------------- queries
+
+    async def search(self, query: Profile, *, limit: int = 10) -> list[Candidate]:
+        rows = await self._candidates(query)
+        ranked = []
+        for row in rows:
+            match = score(query, _profile(row))
+            ranked.append(
+                Candidate(
+                    row["person_id"],
+                    row["given_names"],
+                    row["family_name"],
+                    row["date_of_birth"],
+                    match,
+                )
+            )
+        ranked.sort(key=lambda c: (-c.match.score, c.family_name, c.given_names, c.person_id))
+        return ranked[:limit]
+
+    async def _candidates(self, query: Profile) -> list[asyncpg.Record]:
+        identifiers = sorted(query.identifiers)
+        prefixes = sorted(
+            {prefix(n.family) for n in query.names} | {prefix(n.given) for n in query.names} - {""}
+        )
+        family_phonetics = sorted({phonetic(n.family) for n in query.names} - {""})
+        given_phonetics = sorted({phonetic(n.given) for n in query.names} - {""})
+        dob = query.date_of_birth
+        dobs = [dob, *date_variants(dob)] if dob else []
+        return await self.pool.fetch(
+            self._search,
+            [i.type.value for i in identifiers],
+            [i.value for i in identifiers],
+            dob,
+            prefixes,
+            family_phonetics,
+            dobs,
+            given_phonetics,
+        )
+
+    async def profile_of(self, person_id: UUID) -> tuple[Profile, set[UUID]] | None:
+        """The indexed profile of a person and the people marked as not them."""
+        row = await self.pool.fetchrow(self._profile, person_id)
+        if row is None:
+            return None
+        return _profile(row), set(row["not_duplicates"])
+
+
+def _profile(row: asyncpg.Record) -> Profile:
+    names = [NameKey(*entry.split("|", 1)) for entry in row["names"]]
+    identifiers = set()
+    for entry in row["identifiers"]:
+        kind, value = entry.split("|", 1)
+        identifiers.add(Identifier(IdentifierType(kind), value))
+    return Profile(
+        names=names, date_of_birth=row["date_of_birth"], sex=row["sex"], identifiers=identifiers
+    )

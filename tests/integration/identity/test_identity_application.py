@@ -1,0 +1,201 @@
+"""Identity commands and queries against real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date
+from uuid import uuid4
+
+import pytest
+
+from libs.domain.errors import AlreadyExistsError, NotFoundError, RuleViolatedError
+from services.identity.domain import Name, Sex
+from services.identity.identifiers import parse_identifier
+
+PNC = parse_identifier("PNC", "12/394773H")
+CRO = parse_identifier("CRO", "29906/12J")
+NOMS = parse_identifier("NOMS", "A1234AA")
+
+
+async def register(
+    app, given="Ann", family="Example", dob=date(1980, 5, 17), ids=(), aliases=(), command=None
+):
+    return await app.register_person(
+        command or uuid4(), Name(given, family), dob, Sex.FEMALE, list(ids), list(aliases)
+    )
+
+
+async def test_a_registered_person_is_found_by_id_and_by_any_identifier(identity):
+    app = identity.application
+    written = await register(app, ids=[PNC, NOMS])
+    view = await app.get_person(written.person_id)
+    assert view.person.name == Name("Ann", "Example") and view.redirected_from is None
+    assert (await app.get_person_by_identifier(NOMS)).person.id == written.person_id
+    with pytest.raises(NotFoundError):
+        await app.get_person_by_identifier(CRO)
+    with pytest.raises(NotFoundError):
+        await app.get_person(uuid4())
+
+
+async def test_an_identifier_held_by_one_person_cannot_be_recorded_on_another(identity):
+    app = identity.application
+    first = await register(app, ids=[PNC])
+    second = await register(app, given="Bob")
+    with pytest.raises(AlreadyExistsError) as raised:
+        await app.record_identifier(uuid4(), second.person_id, PNC)
+    assert raised.value.holder == str(first.person_id)
+    with pytest.raises(AlreadyExistsError):
+        await register(app, given="Cat", ids=[PNC])
+
+
+async def test_two_people_racing_for_one_identifier_leaves_one_holder(identity):
+    app = identity.application
+    outcomes = await asyncio.gather(
+        *(register(app, given=f"P{i}", ids=[CRO]) for i in range(6)), return_exceptions=True
+    )
+    winners = [o for o in outcomes if not isinstance(o, Exception)]
+    assert len(winners) == 1
+    assert all(isinstance(o, AlreadyExistsError) for o in outcomes if o not in winners)
+    assert (await app.get_person_by_identifier(CRO)).person.id == winners[0].person_id
+
+
+async def test_a_retried_command_returns_the_first_result_and_records_nothing(identity):
+    app = identity.application
+    command = uuid4()
+    first = await register(app, ids=[PNC], command=command)
+    head = await identity.store.head_position()
+    again = await register(app, given="Different", command=command)
+    assert again.person_id == first.person_id and again.duplicate
+    assert await identity.store.head_position() == head
+
+
+async def test_retiring_an_identifier_frees_it_for_someone_else(identity):
+    app = identity.application
+    first = await register(app, ids=[PNC])
+    second = await register(app, given="Bob")
+    await app.retire_identifier(uuid4(), first.person_id, PNC, "entered on the wrong record")
+    await app.record_identifier(uuid4(), second.person_id, PNC)
+    assert (await app.get_person_by_identifier(PNC)).person.id == second.person_id
+
+
+async def test_a_merge_moves_identifiers_redirects_and_an_unmerge_reverses_it(identity):
+    app = identity.application
+    survivor = await register(app, ids=[NOMS])
+    duplicate = await register(app, given="Anne", ids=[PNC])
+    await app.merge_people(uuid4(), survivor.person_id, duplicate.person_id, "same fingerprints")
+
+    view = await app.get_person(duplicate.person_id)
+    assert view.person.id == survivor.person_id
+    assert view.redirected_from == duplicate.person_id
+    assert view.person.identifiers == {NOMS, PNC}
+    assert (await app.get_person_by_identifier(PNC)).person.id == survivor.person_id
+    with pytest.raises(RuleViolatedError):
+        await app.merge_people(uuid4(), duplicate.person_id, survivor.person_id, "circular")
+    with pytest.raises(RuleViolatedError):
+        await app.record_identifier(uuid4(), duplicate.person_id, CRO)
+
+    await app.unmerge_people(uuid4(), survivor.person_id, duplicate.person_id, "two people")
+    assert (await app.get_person(duplicate.person_id)).redirected_from is None
+    assert (await app.get_person_by_identifier(PNC)).person.id == duplicate.person_id
+    assert (await app.get_person(survivor.person_id)).person.identifiers == {NOMS}
+
+
+async def test_corrections_and_death_are_recorded_with_the_previous_value(identity):
+    app = identity.application
+    person = await register(app)
+    await app.correct_date_of_birth(uuid4(), person.person_id, date(1980, 7, 15), "typo")
+    await app.change_name(uuid4(), person.person_id, Name("Ann", "Married"), "marriage")
+    await app.add_alias(uuid4(), person.person_id, Name("Annie", "Example"))
+    await app.record_death(uuid4(), person.person_id, date(2026, 1, 2))
+    current = (await app.get_person(person.person_id)).person
+    assert current.date_of_birth == date(1980, 7, 15)
+    assert current.name == Name("Ann", "Married")
+    assert {Name("Ann", "Example"), Name("Annie", "Example")} <= set(current.aliases)
+    assert current.date_of_death == date(2026, 1, 2)
+    as_registered = await identity.application.repository.get(person.person_id, version=1)
+    assert as_registered.date_of_birth == date(1980, 5, 17)
+
+
+async def test_search_sees_a_write_when_asked_for_its_position(identity):
+    app = identity.application
+    written = await register(app, given="Zoë", family="O'Brien-Łukasz", ids=[PNC])
+    found = await app.search_people(
+        names=[Name("Zoe", "OBrien Lukasz")],
+        date_of_birth=date(1980, 5, 17),
+        identifiers=[],
+        min_position=written.position,
+    )
+    assert found[0].person_id == written.person_id
+    assert found[0].match.score > 0.9
+    by_pnc = await app.search_people(names=[], date_of_birth=None, identifiers=[PNC])
+    assert by_pnc[0].person_id == written.person_id and "exact PNC" in by_pnc[0].match.reasons
+
+
+async def test_search_finds_misspelt_swapped_alias_and_mistyped_dates(identity):
+    app = identity.application
+    target = await register(
+        app,
+        given="Martha",
+        family="Kowalski",
+        dob=date(1979, 3, 12),
+        aliases=[Name("Marta", "Smith")],
+    )
+    await register(app, given="Unrelated", family="Person", dob=date(1979, 3, 12))
+    await app.wait_for_index((await identity.store.head_position()))
+    queries = {
+        "misspelt": ([Name("Marhta", "Kowalsky")], date(1979, 3, 12)),
+        "swapped": ([Name("Kowalski", "Martha")], date(1979, 3, 12)),
+        "alias": ([Name("Marta", "Smith")], date(1979, 3, 12)),
+        "one digit": ([Name("Martha", "Kowalski")], date(1979, 3, 13)),
+        "day and month swapped": ([Name("Martha", "Kowalski")], date(1979, 12, 3)),
+    }
+    for label, (names, dob) in queries.items():
+        found = await app.search_people(names=names, date_of_birth=dob, identifiers=[])
+        assert found and found[0].person_id == target.person_id, label
+        assert found[0].match.score >= 0.5, (label, found[0].match)
+    swapped = await app.search_people(
+        names=queries["swapped"][0], date_of_birth=date(1979, 3, 12), identifiers=[]
+    )
+    assert "given and family names swapped" in swapped[0].match.reasons
+    alias = await app.search_people(
+        names=queries["alias"][0], date_of_birth=date(1979, 3, 12), identifiers=[]
+    )
+    assert any(r.startswith("alias matched") for r in alias[0].match.reasons)
+
+
+async def test_twins_are_not_possible_duplicates_and_overrides_are_respected(identity):
+    app = identity.application
+    twin_a = await register(app, given="Alice", family="Jones", dob=date(1990, 1, 1))
+    twin_b = await register(app, given="Beatrice", family="Jones", dob=date(1990, 1, 1))
+    copy = await register(app, given="Alice", family="Jones", dob=date(1990, 1, 11))
+    await app.wait_for_index(await identity.store.head_position())
+    duplicates = await app.list_possible_duplicates(twin_a.person_id)
+    assert [c.person_id for c in duplicates] == [copy.person_id]
+    assert twin_b.person_id not in [c.person_id for c in duplicates]
+
+    marked = await app.mark_not_duplicate(
+        uuid4(), twin_a.person_id, copy.person_id, "checked: cousins"
+    )
+    assert await app.list_possible_duplicates(twin_a.person_id, min_position=marked.position) == []
+
+
+async def test_rebuilding_the_search_index_from_events_gives_the_same_index(identity, pool):
+    app = identity.application
+    a = await register(app, ids=[PNC])
+    b = await register(app, given="Anne", ids=[NOMS])
+    await app.merge_people(uuid4(), a.person_id, b.person_id, "same")
+    await app.add_alias(uuid4(), a.person_id, Name("Nan", "Example"))
+    head = await identity.store.head_position()
+    await app.wait_for_index(head)
+    schema = identity.store.schema
+
+    async def snapshot():
+        return [
+            sorted(tuple(r) for r in await pool.fetch(f'SELECT * FROM "{schema}".{table}'))
+            for table in ("search_person", "search_name", "search_identifier")
+        ]
+
+    live = await snapshot()
+    await identity.close()  # stop the live projection before rebuilding
+    assert await identity.projection.rebuild() == head
+    assert await snapshot() == live
