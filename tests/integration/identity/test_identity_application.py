@@ -141,7 +141,7 @@ async def test_search_finds_misspelt_swapped_alias_and_mistyped_dates(identity):
         aliases=[Name("Marta", "Smith")],
     )
     await register(app, given="Unrelated", family="Person", dob=date(1979, 3, 12))
-    await app.wait_for_index((await identity.store.head_position()))
+    await app.wait_for_index(await identity.store.head_position())
     queries = {
         "misspelt": ([Name("Marhta", "Kowalsky")], date(1979, 3, 12)),
         "swapped": ([Name("Kowalski", "Martha")], date(1979, 3, 12)),
