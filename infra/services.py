@@ -16,9 +16,11 @@ class ServiceSpec:
     port: int
 
 
-# The domain services join this list as they are built (identity, sentence, location,
-# assessment, timeline).
-SERVICES: list[ServiceSpec] = []
+# The domain services join this list as they are built (sentence, location, assessment
+# and the timeline follow identity).
+SERVICES: list[ServiceSpec] = [
+    ServiceSpec(name="identity", module="services.identity", port=50051),
+]
 
 
 def configured_services() -> list[ServiceSpec]:

@@ -8,6 +8,7 @@ import contextlib
 from dataclasses import dataclass
 
 import asyncpg
+from eventsourcing.persistence import Mapper
 
 from libs.eventstore import (
     EventStore,
@@ -26,6 +27,7 @@ SCHEMA = "identity"
 @dataclass
 class Identity:
     store: EventStore
+    mapper: Mapper
     application: IdentityApplication
     projection: ProjectionRunner
     _task: asyncio.Task[None] | None = None
@@ -54,4 +56,4 @@ async def bootstrap(
     index = SearchIndex(pool, schema, mapper, repository)
     application = IdentityApplication(store, repository, index, tracking)
     projection = ProjectionRunner(index, store, tracking, upstream=schema)
-    return Identity(store, application, projection)
+    return Identity(store, mapper, application, projection)

@@ -392,16 +392,25 @@ class IdentifierClaim(Aggregate):
     def claim(self, person_id: UUID) -> None:
         if self.holder == person_id:
             return
-        self._claimed(person_id=person_id)
+        self._claimed(
+            identifier_type=self.identifier.type.value,
+            value=self.identifier.value,
+            person_id=person_id,
+        )
 
+    # Every claim event names its identifier, so feed consumers need no lookup.
     @event("Reclaimed")
-    def _claimed(self, person_id: UUID) -> None:
+    def _claimed(self, identifier_type: str, value: str, person_id: UUID) -> None:
         self.holder = person_id
 
     def release(self, person_id: UUID) -> None:
         if self.holder == person_id:
-            self._released(person_id=person_id)
+            self._released(
+                identifier_type=self.identifier.type.value,
+                value=self.identifier.value,
+                person_id=person_id,
+            )
 
     @event("Released")
-    def _released(self, person_id: UUID) -> None:
+    def _released(self, identifier_type: str, value: str, person_id: UUID) -> None:
         self.holder = None

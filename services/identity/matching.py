@@ -112,12 +112,13 @@ def _family_weight(similarity: float) -> float:
 
 
 def _given_weight(similarity: float) -> float:
+    # Twins often have alike first names (Maria, Martha: 0.88); below 0.9 counts against.
     if similarity >= 0.999:
         return 2.5
     if similarity >= 0.9:
         return 1.5
     if similarity >= 0.8:
-        return 0.5
+        return -1.0
     return -3.0
 
 
@@ -125,11 +126,19 @@ def _name_evidence(query: NameKey, candidate: NameKey) -> tuple[float, str]:
     """The best reading of two names: as given, or with given and family names swapped."""
     family = _similarity(query.family, candidate.family)
     given = _similarity(first_given(query.given), first_given(candidate.given))
-    straight = _family_weight(family) + _given_weight(given)
+    # A part of the name the query does not give is no evidence either way.
+    straight = (_family_weight(family) if query.family else 0.0) + (
+        _given_weight(given) if query.given else 0.0
+    )
     swapped_family = _similarity(query.family, first_given(candidate.given))
     swapped_given = _similarity(first_given(query.given), candidate.family)
     swapped = _family_weight(swapped_family) + _given_weight(swapped_given) - 0.5
-    if swapped > straight and swapped_family >= 0.9 and swapped_given >= 0.9:
+    if (
+        query.family
+        and query.given
+        and swapped > straight
+        and min(swapped_family, swapped_given) >= 0.9
+    ):
         return swapped, "given and family names swapped"
     parts = []
     parts.append(

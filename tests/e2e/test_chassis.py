@@ -12,7 +12,6 @@ import grpc
 import pytest
 from eventsourcing.domain import Aggregate, event
 from google.protobuf import struct_pb2, wrappers_pb2
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from throughline.feed.v1 import feed_pb2, feed_pb2_grpc
@@ -27,6 +26,7 @@ from libs.domain.errors import (
     RuleViolatedError,
 )
 from libs.eventstore import ConcurrencyError, Repository, create_mapper
+from tests.e2e.rpc_details import details_of
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 
@@ -120,19 +120,6 @@ def write_stub(channel):
         request_serializer=wrappers_pb2.StringValue.SerializeToString,
         response_deserializer=wrappers_pb2.StringValue.FromString,
     )
-
-
-def details_of(error: grpc.aio.AioRpcError) -> dict:
-    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
-    status = status_pb2.Status.FromString(raw)
-    found = {}
-    for detail in status.details:
-        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
-                found[kind.__name__] = message
-    return found
 
 
 async def test_health_and_reflection_answer_without_a_token(server):

@@ -1,0 +1,319 @@
+"""The identity service over real gRPC: every command and query, the feed, and the
+status codes and field names clients get for bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import uuid4
+
+import grpc
+import pytest
+from throughline.common.v1.date_pb2 import Date
+from throughline.feed.v1 import feed_pb2, feed_pb2_grpc
+from throughline.identity.v1 import identity_pb2 as pb
+from throughline.identity.v1 import identity_pb2_grpc
+
+from libs.chassis.auth import TokenVerifier
+from services.identity.bootstrap import bootstrap
+from services.identity.grpc_api import build_server
+from tests.conftest import new_schema_name
+from tests.e2e.rpc_details import details_of, violations_of
+
+SECRET = "identity-e2e-secret-long-enough-for-hs256"
+PNC = pb.Identifier(type=pb.IDENTIFIER_TYPE_PNC, value="12/394773H")
+NOMS = pb.Identifier(type=pb.IDENTIFIER_TYPE_NOMS, value="A1234AA")
+
+
+@pytest.fixture
+async def client(pool):
+    identity = await bootstrap(pool, schema=new_schema_name("identity"), cipher_key="")
+    identity.start_projection()
+    verifier = TokenVerifier(SECRET)
+    server = build_server(identity, verifier)
+    port = await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    token = verifier.mint("clerk:ann", ["identity.write", "identity.merge", "feed.read"])
+    yield Client(identity_pb2_grpc.IdentityServiceStub(channel), channel, token, verifier)
+    await channel.close()
+    await server.stop(0)
+    await identity.close()
+
+
+class Client:
+    def __init__(self, stub, channel, token, verifier):
+        self.stub = stub
+        self.channel = channel
+        self.metadata = (("authorization", f"Bearer {token}"),)
+        self.verifier = verifier
+
+    def __getattr__(self, method):
+        rpc = getattr(self.stub, method)
+
+        async def call(request, metadata=None):
+            return await rpc(request, metadata=metadata or self.metadata)
+
+        return call
+
+
+def registration(given="Ann", family="Example", dob=(1980, 5, 17), ids=(), command_id=None):
+    return pb.RegisterPersonRequest(
+        command_id=command_id or str(uuid4()),
+        name=pb.Name(given_names=given, family_name=family),
+        date_of_birth=Date(year=dob[0], month=dob[1], day=dob[2]),
+        sex=pb.SEX_FEMALE,
+        identifiers=list(ids),
+    )
+
+
+async def failure(call) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    return raised.value
+
+
+async def test_register_then_get_by_id_and_by_identifier_in_any_form(client):
+    registered = await client.RegisterPerson(registration(ids=[PNC]))
+    by_id = await client.GetPerson(pb.GetPersonRequest(person_id=registered.person_id))
+    assert by_id.person.name.family_name == "Example"
+    assert [(i.type, i.value) for i in by_id.person.identifiers] == [
+        (pb.IDENTIFIER_TYPE_PNC, "2012/0394773H")
+    ]
+    long_form = pb.Identifier(type=pb.IDENTIFIER_TYPE_PNC, value="2012/0394773H")
+    by_pnc = await client.GetPerson(pb.GetPersonRequest(identifier=long_form))
+    assert by_pnc.person.person_id == registered.person_id
+
+
+async def test_a_retried_registration_returns_the_same_person(client):
+    command = str(uuid4())
+    first = await client.RegisterPerson(registration(command_id=command))
+    again = await client.RegisterPerson(registration(given="Someone Else", command_id=command))
+    assert again.person_id == first.person_id and again.position == first.position
+
+
+async def test_bad_registrations_name_every_field_and_rule(client):
+    request = pb.RegisterPersonRequest(
+        command_id="not-a-uuid",
+        name=pb.Name(given_names=" ", family_name="Example"),
+        date_of_birth=Date(year=2999, month=1, day=1),
+        identifiers=[pb.Identifier(type=pb.IDENTIFIER_TYPE_PNC, value="12/394773A")],
+    )
+    error = await failure(client.RegisterPerson(request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations_of(error) == [
+        ("command_id", "must be a UUID"),
+        ("name.given_names", "must not be empty"),
+        ("date_of_birth", "must not be in the future"),
+        ("sex", "must be set"),
+        ("identifiers[0].value", "PNC check letter is A but must be H"),
+    ]
+    impossible = registration()
+    impossible.date_of_birth.CopyFrom(Date(year=1980, month=2, day=30))
+    error = await failure(client.RegisterPerson(impossible))
+    assert violations_of(error) == [("date_of_birth", "must be a real calendar date")]
+
+
+async def test_an_identifier_held_by_someone_else_is_already_exists_naming_the_holder(client):
+    holder = await client.RegisterPerson(registration(ids=[NOMS]))
+    other = await client.RegisterPerson(registration(given="Bob"))
+    error = await failure(
+        client.RecordIdentifier(
+            pb.RecordIdentifierRequest(
+                command_id=str(uuid4()), person_id=other.person_id, identifier=NOMS
+            )
+        )
+    )
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert details_of(error)["ErrorInfo"].metadata["holder"] == holder.person_id
+
+
+async def test_unknown_people_are_not_found(client):
+    error = await failure(client.GetPerson(pb.GetPersonRequest(person_id=str(uuid4()))))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    error = await failure(client.GetPerson(pb.GetPersonRequest(identifier=NOMS)))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    error = await failure(
+        client.AddAlias(
+            pb.AddAliasRequest(
+                command_id=str(uuid4()),
+                person_id=str(uuid4()),
+                alias=pb.Name(given_names="A", family_name="B"),
+            )
+        )
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_corrections_alias_and_death(client):
+    person = await client.RegisterPerson(registration())
+    pid = person.person_id
+
+    def command(**fields):
+        return {"command_id": str(uuid4()), "person_id": pid, **fields}
+
+    await client.ChangeName(
+        pb.ChangeNameRequest(
+            **command(name=pb.Name(given_names="Ann", family_name="Wed"), reason="marriage")
+        )
+    )
+    await client.CorrectDateOfBirth(
+        pb.CorrectDateOfBirthRequest(
+            **command(date_of_birth=Date(year=1980, month=7, day=15), reason="typo")
+        )
+    )
+    await client.AddAlias(
+        pb.AddAliasRequest(**command(alias=pb.Name(given_names="Annie", family_name="X")))
+    )
+    await client.RecordDeath(
+        pb.RecordDeathRequest(**command(date_of_death=Date(year=2026, month=1, day=2)))
+    )
+    got = (await client.GetPerson(pb.GetPersonRequest(person_id=pid))).person
+    assert got.name.family_name == "Wed" and got.date_of_birth.month == 7
+    assert {a.family_name for a in got.aliases} == {"Example", "X"}
+    assert got.date_of_death.year == 2026
+    error = await failure(
+        client.CorrectDateOfBirth(
+            pb.CorrectDateOfBirthRequest(**command(date_of_birth=Date(year=1980, month=7, day=16)))
+        )
+    )
+    assert violations_of(error) == [("reason", "must say why (it is kept with the record)")]
+    error = await failure(
+        client.RecordDeath(
+            pb.RecordDeathRequest(**command(date_of_death=Date(year=2026, month=1, day=3)))
+        )
+    )
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_merge_redirects_refuses_self_and_circular_merges_and_unmerges(client):
+    survivor = await client.RegisterPerson(registration(ids=[NOMS]))
+    duplicate = await client.RegisterPerson(registration(given="Anne", ids=[PNC]))
+
+    def merge(s, d, reason="same fingerprints"):
+        return pb.MergePeopleRequest(
+            command_id=str(uuid4()), survivor_person_id=s, duplicate_person_id=d, reason=reason
+        )
+
+    error = await failure(client.MergePeople(merge(survivor.person_id, survivor.person_id)))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert details_of(error)["ErrorInfo"].metadata["rule"] == "merge_into_self"
+
+    await client.MergePeople(merge(survivor.person_id, duplicate.person_id))
+    redirected = await client.GetPerson(pb.GetPersonRequest(person_id=duplicate.person_id))
+    assert redirected.redirected and redirected.person.person_id == survivor.person_id
+    assert redirected.redirected_from_person_id == duplicate.person_id
+    error = await failure(client.MergePeople(merge(duplicate.person_id, survivor.person_id)))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    await client.UnmergePeople(
+        pb.UnmergePeopleRequest(
+            command_id=str(uuid4()),
+            survivor_person_id=survivor.person_id,
+            duplicate_person_id=duplicate.person_id,
+            reason="two people",
+        )
+    )
+    back = await client.GetPerson(pb.GetPersonRequest(identifier=PNC))
+    assert back.person.person_id == duplicate.person_id and not back.redirected
+
+
+async def test_merging_needs_the_merge_role(client):
+    a = await client.RegisterPerson(registration())
+    b = await client.RegisterPerson(registration())
+    clerk = (("authorization", f"Bearer {client.verifier.mint('clerk:bo', ['identity.write'])}"),)
+    error = await failure(
+        client.MergePeople(
+            pb.MergePeopleRequest(
+                command_id=str(uuid4()),
+                survivor_person_id=a.person_id,
+                duplicate_person_id=b.person_id,
+                reason="same",
+            ),
+            metadata=clerk,
+        )
+    )
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_search_ranks_candidates_with_reasons_and_duplicates_respect_overrides(client):
+    target = await client.RegisterPerson(
+        registration(given="Martha", family="Kowalski", dob=(1979, 3, 12))
+    )
+    twin = await client.RegisterPerson(
+        registration(given="Maria", family="Kowalski", dob=(1979, 3, 12))
+    )
+    copy = await client.RegisterPerson(
+        registration(given="Marta", family="Kowalski", dob=(1979, 3, 21), ids=[PNC])
+    )
+    found = await client.SearchPeople(
+        pb.SearchPeopleRequest(
+            name=pb.Name(given_names="Marhta", family_name="Kowalsky"),
+            date_of_birth=Date(year=1979, month=3, day=12),
+            min_position=copy.position,
+        )
+    )
+    assert found.candidates[0].person_id == target.person_id
+    assert any("Jaro-Winkler" in r for r in found.candidates[0].reasons)
+    by_pnc = await client.SearchPeople(pb.SearchPeopleRequest(identifiers=[PNC]))
+    assert by_pnc.candidates[0].person_id == copy.person_id
+    assert "exact PNC" in by_pnc.candidates[0].reasons
+
+    duplicates = await client.ListPossibleDuplicates(
+        pb.ListPossibleDuplicatesRequest(person_id=target.person_id)
+    )
+    ids = [c.person_id for c in duplicates.candidates]
+    assert copy.person_id in ids and twin.person_id not in ids
+    marked = await client.MarkNotDuplicate(
+        pb.MarkNotDuplicateRequest(
+            command_id=str(uuid4()),
+            person_id=target.person_id,
+            other_person_id=copy.person_id,
+            reason="checked in person",
+        )
+    )
+    after = await client.ListPossibleDuplicates(
+        pb.ListPossibleDuplicatesRequest(person_id=target.person_id, min_position=marked.position)
+    )
+    assert copy.person_id not in [c.person_id for c in after.candidates]
+
+
+async def test_an_empty_search_is_invalid(client):
+    error = await failure(client.SearchPeople(pb.SearchPeopleRequest(limit=500)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations_of(error)[0][0] == "limit"
+
+
+async def test_the_feed_carries_typed_person_events_with_their_facts(client):
+    person = await client.RegisterPerson(registration(ids=[PNC]))
+    await client.CorrectDateOfBirth(
+        pb.CorrectDateOfBirthRequest(
+            command_id=str(uuid4()),
+            person_id=person.person_id,
+            date_of_birth=Date(year=1980, month=7, day=15),
+            reason="typo",
+        )
+    )
+    feed = feed_pb2_grpc.EventFeedServiceStub(client.channel)
+    response = await feed.ReadEvents(feed_pb2.ReadEventsRequest(), metadata=client.metadata)
+    kinds = [e.event_type for e in response.events]
+    assert kinds == [
+        "throughline.identity.v1.PersonEvent.Registered",
+        "throughline.identity.v1.IdentifierClaimEvent.Claimed",
+        "throughline.identity.v1.PersonEvent.DateOfBirthCorrected",
+    ]
+    corrected = pb.PersonEvent()
+    assert response.events[2].payload.Unpack(corrected)
+    assert (corrected.previous_date_of_birth.month, corrected.date_of_birth.month) == (5, 7)
+    assert corrected.reason == "typo"
+    assert all(e.actor == "clerk:ann" for e in response.events)
+    claimed = pb.IdentifierClaimEvent()
+    assert response.events[1].payload.Unpack(claimed)
+    assert claimed.identifier.value == "2012/0394773H" and claimed.person_id == person.person_id
+
+
+async def test_concurrent_registrations_of_one_identifier_leave_one_holder(client):
+    calls = [client.RegisterPerson(registration(given=f"P{i}", ids=[NOMS])) for i in range(5)]
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert sum(not isinstance(o, Exception) for o in outcomes) == 1
+    assert {o.code() for o in outcomes if isinstance(o, Exception)} == {
+        grpc.StatusCode.ALREADY_EXISTS
+    }
