@@ -128,6 +128,7 @@ class Person(Aggregate):
         aliases: list[Name],
         occurred_at: datetime,
     ) -> Person:
+        check_date_of_birth(date_of_birth, occurred_at.date())
         return cls(
             name=name.as_dict(),
             date_of_birth=date_of_birth,
@@ -209,6 +210,7 @@ class Person(Aggregate):
         self._require_active()
         if date_of_birth == self.date_of_birth:
             return
+        check_date_of_birth(date_of_birth, occurred_at.date())
         self._date_of_birth_corrected(
             date_of_birth=date_of_birth,
             previous=self.date_of_birth,

@@ -148,15 +148,19 @@ def _name_evidence(query: NameKey, candidate: NameKey) -> tuple[float, str]:
     return straight, ", ".join(parts)
 
 
+def digits(value: date) -> str:
+    return f"{value.year:04d}{value.month:02d}{value.day:02d}"
+
+
 def one_digit_apart(a: date, b: date) -> bool:
-    x, y = a.strftime("%Y%m%d"), b.strftime("%Y%m%d")
+    x, y = digits(a), digits(b)
     return sum(p != q for p, q in zip(x, y, strict=True)) == 1
 
 
 def transposed(a: date, b: date) -> bool:
     if a.year == b.year and a.day == b.month and a.month == b.day:
         return True
-    x, y = a.strftime("%Y%m%d"), b.strftime("%Y%m%d")
+    x, y = digits(a), digits(b)
     diffs = [i for i, (p, q) in enumerate(zip(x, y, strict=True)) if p != q]
     return (
         len(diffs) == 2
@@ -230,7 +234,7 @@ def score(query: Profile, candidate: Profile) -> Match:
 def date_variants(value: date) -> list[date]:
     """Dates one typing slip away: one digit changed, adjacent digits swapped, or day and
     month swapped. Used to block on a date of birth that may have been mistyped."""
-    text = value.strftime("%Y%m%d")
+    text = digits(value)
     found: set[date] = set()
 
     def add(candidate: str) -> None:
