@@ -10,7 +10,7 @@ SITE := $(shell $(PYTHON) -c 'import sys; print(f"python{sys.version_info[0]}.{s
 PROTO_SOURCES := $(shell find protos -name '*.proto')
 PROTO_STAMP := protos/.generated
 
-.PHONY: setup run test test-integration bench bench-eventstore protos lint db-url db-stop clean
+.PHONY: setup run test bench bench-eventstore bench-identity protos lint db-url db-stop clean
 
 setup: $(STAMP) $(PROTO_STAMP)
 
@@ -42,10 +42,13 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
-bench: bench-eventstore
+bench: bench-eventstore bench-identity
 
 bench-eventstore: setup
 	$(PY) -m bench.eventstore
+
+bench-identity: setup
+	$(PY) -m bench.identity
 
 lint: setup
 	$(PY) -m ruff check .

@@ -506,8 +506,11 @@ class EventStore:
                     if len(batch) == batch_size:
                         continue
                 if not topics or not batch:
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
+                    # a cancellation that lands as the wait ends, leaving the task running.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(waiter.wait(), self.poll_interval)
+                        async with asyncio.timeout(self.poll_interval):
+                            await waiter.wait()
         finally:
             self.wakeups.unregister(waiter)
 

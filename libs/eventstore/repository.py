@@ -18,9 +18,11 @@ A = TypeVar("A", bound=Aggregate)
 
 
 class Repository:
-    def __init__(self, store: EventStore, mapper: Mapper) -> None:
+    def __init__(self, store: EventStore, mapper: Mapper, *, snapshots: bool = True) -> None:
         self.store = store
         self.mapper = mapper
+        # Without snapshots a read is one query; aggregates with short streams need none.
+        self.snapshots = snapshots
         s = quote_schema(store.schema)
         self._last_snapshot = (
             f"SELECT originator_id, originator_version, topic, state FROM {s}.snapshots "
@@ -39,7 +41,9 @@ class Repository:
         upto = version if version is not None else 2**63 - 1
         aggregate = None
         after = None
-        row = await self.store.pool.fetchrow(self._last_snapshot, aggregate_id, upto)
+        row = None
+        if self.snapshots:
+            row = await self.store.pool.fetchrow(self._last_snapshot, aggregate_id, upto)
         if row is not None:
             snapshot = self.mapper.to_domain_event(StoredEvent(*row))
             aggregate = snapshot.mutate(None)

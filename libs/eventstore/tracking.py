@@ -96,5 +96,6 @@ class TrackingStore:
             # Woken at once by a commit in this process; polls for other processes.
             async with self._advanced:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._advanced.wait(), min(interval, remaining))
+                    async with asyncio.timeout(min(interval, remaining)):
+                        await self._advanced.wait()
             interval = min(interval * 2, 0.2)

@@ -51,7 +51,8 @@ async def bootstrap(
         await create_search_index(conn, schema)
     store = EventStore(pool, schema)
     mapper = create_mapper(cipher_key)
-    repository = Repository(store, mapper)
+    # People and claims have short streams: rebuilding from events beats a snapshot read.
+    repository = Repository(store, mapper, snapshots=False)
     tracking = TrackingStore(pool, schema)
     index = SearchIndex(pool, schema, mapper, repository)
     application = IdentityApplication(store, repository, index, tracking)

@@ -14,7 +14,7 @@ from eventsourcing.persistence import Mapper
 
 from libs.eventstore import RecordedEvent, Repository
 from libs.eventstore.recorder import quote_schema
-from services.identity.domain import Person, Status
+from services.identity.domain import Name, Person, Status
 from services.identity.identifiers import Identifier, IdentifierType
 from services.identity.matching import (
     Match,
@@ -46,38 +46,85 @@ class Candidate:
     match: Match
 
 
-def _person_row(person: Person) -> tuple:
-    return (
-        person.id,
-        person.name.given_names,
-        person.name.family_name,
-        person.date_of_birth,
-        person.sex.value,
-        person.status.value,
-        person.merged_into,
-        sorted(person.not_duplicates),
-        person.version,
-    )
+@dataclass(frozen=True)
+class Indexed:
+    """What the index keeps of a person."""
 
+    id: UUID
+    version: int
+    name: Name
+    date_of_birth: date
+    sex: str
+    status: str
+    merged_into: UUID | None
+    not_duplicates: tuple[UUID, ...]
+    identifiers: tuple[Identifier, ...]
+    aliases: tuple[Name, ...]
 
-def _name_rows(person: Person) -> list[tuple]:
-    rows = []
-    for ordinal, name in enumerate([person.name, *person.aliases]):
-        key = NameKey.of(name.given_names, name.family_name)
-        rows.append(
-            (
-                person.id,
-                ordinal,
-                key.given,
-                key.family,
-                prefix(key.given),
-                prefix(key.family),
-                phonetic(key.given),
-                phonetic(key.family),
-                person.date_of_birth,
-            )
+    @classmethod
+    def of(cls, person: Person) -> Indexed:
+        return cls(
+            person.id,
+            person.version,
+            person.name,
+            person.date_of_birth,
+            person.sex.value,
+            person.status.value,
+            person.merged_into,
+            tuple(sorted(person.not_duplicates)),
+            tuple(sorted(person.identifiers)),
+            tuple(person.aliases),
         )
-    return rows
+
+    @classmethod
+    def registered(cls, event: Person.Registered) -> Indexed:
+        """From a registration alone: cheaper than building the aggregate."""
+        return cls(
+            event.originator_id,
+            event.originator_version,
+            Name.from_dict(event.name),
+            event.date_of_birth,
+            event.sex,
+            Status.ACTIVE.value,
+            None,
+            (),
+            tuple(sorted(Identifier(IdentifierType(t), v) for t, v in event.identifiers)),
+            tuple(Name.from_dict(a) for a in event.aliases),
+        )
+
+    def person_row(self) -> tuple:
+        # Not-duplicates travel as one comma-separated string: unnest would flatten an
+        # array of arrays.
+        return (
+            self.id,
+            self.name.given_names,
+            self.name.family_name,
+            self.date_of_birth,
+            self.sex,
+            self.status,
+            self.merged_into,
+            ",".join(map(str, self.not_duplicates)),
+            self.version,
+        )
+
+    def name_rows(self) -> list[tuple]:
+        rows = []
+        for ordinal, name in enumerate([self.name, *self.aliases]):
+            key = NameKey.of(name.given_names, name.family_name)
+            rows.append(
+                (
+                    self.id,
+                    ordinal,
+                    key.given,
+                    key.family,
+                    prefix(key.given),
+                    prefix(key.family),
+                    phonetic(key.given),
+                    phonetic(key.family),
+                    self.date_of_birth,
+                )
+            )
+        return rows
 
 
 class SearchIndex:
@@ -171,37 +218,31 @@ class SearchIndex:
         for recorded in events:
             if recorded.topic.startswith(Person.__module__ + ":Person."):
                 latest[recorded.originator_id] = recorded
-        people: list[Person] = []
+        people: list[Indexed] = []
         for recorded in latest.values():
             if recorded.originator_version == 1:
-                # A registration carries everything; no need to read the stream back.
-                registered = self.mapper.to_domain_event(recorded)
-                people.append(registered.mutate(None))
+                people.append(Indexed.registered(self.mapper.to_domain_event(recorded)))
             else:
-                people.append(
-                    await self.repository.get(
-                        recorded.originator_id, version=recorded.originator_version
-                    )
+                person = await self.repository.get(
+                    recorded.originator_id, version=recorded.originator_version
                 )
+                people.append(Indexed.of(person))
         if people:
             await self._write(conn, people)
 
-    async def _write(self, conn: asyncpg.Connection, people: list[Person]) -> None:
-        ids = [p.id for p in people]
-        person_rows = [_person_row(p) for p in people]
-        # Each row's not-duplicates travel as one comma-separated string: unnest would
-        # flatten an array of arrays.
-        person_rows = [(*row[:7], ",".join(map(str, row[7])), row[8]) for row in person_rows]
-        await conn.execute(self._upsert_person, *zip(*person_rows, strict=True))
-        await conn.execute(self._delete_names, ids)
-        await conn.execute(self._delete_identifiers, ids)
-        active = [p for p in people if p.status is Status.ACTIVE]
-        name_rows = [row for p in active for row in _name_rows(p)]
+    async def _write(self, conn: asyncpg.Connection, people: list[Indexed]) -> None:
+        await conn.execute(
+            self._upsert_person, *zip(*(p.person_row() for p in people), strict=True)
+        )
+        known = [p.id for p in people if p.version > 1]
+        if known:  # a registration has no earlier rows to replace
+            await conn.execute(self._delete_names, known)
+            await conn.execute(self._delete_identifiers, known)
+        active = [p for p in people if p.status == Status.ACTIVE.value]
+        name_rows = [row for p in active for row in p.name_rows()]
         if name_rows:
             await conn.execute(self._insert_names, *zip(*name_rows, strict=True))
-        identifier_rows = [
-            (i.type.value, i.value, p.id) for p in active for i in sorted(p.identifiers)
-        ]
+        identifier_rows = [(i.type.value, i.value, p.id) for p in active for i in p.identifiers]
         if identifier_rows:
             await conn.execute(self._insert_identifiers, *zip(*identifier_rows, strict=True))
 

@@ -297,7 +297,7 @@ def population(count: int, *, seed: int = 1) -> list[SyntheticPerson]:
     return people
 
 
-def _typo(rng: random.Random, word: str) -> str:
+def typo(rng: random.Random, word: str) -> str:
     letters = list(word)
     if len(letters) < 4:
         return word + rng.choice("aeiou")
@@ -380,10 +380,10 @@ def labelled_set(originals: int, *, seed: int = 7) -> LabelledSet:
                 original.date_of_birth,
             )
             if kind == "family typo":
-                family = _typo(rng, family)
+                family = typo(rng, family)
             elif kind == "given typo":
                 first, *rest = given.split(" ")
-                given = " ".join([_typo(rng, first), *rest])
+                given = " ".join([typo(rng, first), *rest])
             elif kind == "swapped names":
                 given, family = family, given.split(" ")[0]
             elif kind == "alias":

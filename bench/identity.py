@@ -1,0 +1,306 @@
+"""Identity benchmark (`make bench-identity`). Not a test: it prints figures, ending with
+machine-readable `name=value` lines.
+
+- Loads BENCH_PEOPLE (default 1,000,000) synthetic people, each with a NOMS number,
+  through the real event store (in bulk appends) and the real search-index projection,
+  and prints both rates.
+- SearchPeople p50/p99 over 1,000 mixed queries through gRPC (exact identifier, name and
+  date of birth, misspelt name), one at a time.
+- RegisterPerson commands/s through gRPC with 16 concurrent clients, next to a gRPC echo
+  server's requests/s measured in the same run with the same 16 clients.
+- Precision and recall at the default threshold on a labelled synthetic set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import secrets
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
+from uuid import uuid4
+
+import asyncpg
+import grpc
+from google.protobuf import wrappers_pb2
+from throughline.common.v1.date_pb2 import Date
+from throughline.identity.v1 import identity_pb2 as pb
+from throughline.identity.v1 import identity_pb2_grpc
+
+from infra.postgres import database_url
+from libs.chassis.auth import TokenVerifier
+from libs.eventstore import create_pool
+from services.identity.bootstrap import bootstrap
+from services.identity.domain import IdentifierClaim, Person
+from services.identity.grpc_api import build_server
+from services.identity.identifiers import Identifier, IdentifierType
+from services.identity.matching import DEFAULT_THRESHOLD
+from services.identity.synthetic import labelled_set, measure_quality, population, typo
+
+PEOPLE = int(os.environ.get("BENCH_PEOPLE", "1000000"))
+QUERIES = 1000
+CLIENTS = 16
+DURATION = float(os.environ.get("BENCH_SECONDS", "5"))
+CHUNK = 2000
+SECRET = "bench-secret-long-enough-for-hs256-signing"
+
+
+def progress(message: str) -> None:
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+def noms(key: int) -> Identifier:
+    letters = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+    first, rest = divmod(key, 10000 * 24 * 24)
+    middle, tail = divmod(rest, 24 * 24)
+    return Identifier(
+        IdentifierType.NOMS,
+        f"{letters[first % 24]}{middle:04d}{letters[tail // 24]}{letters[tail % 24]}",
+    )
+
+
+async def load(identity, people) -> tuple[float, float]:
+    """Appends registrations (person and NOMS claim) in bulk, then runs the projection."""
+    mapper = identity.mapper
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    for offset in range(0, len(people), CHUNK):
+        stored = []
+        for person in people[offset : offset + CHUNK]:
+            identifier = noms(person.key)
+            registered = Person.register(
+                person.name, person.date_of_birth, person.sex, [identifier], [], now
+            )
+            claim = IdentifierClaim.first(identifier, registered.id)
+            for aggregate in (registered, claim):
+                stored.extend(mapper.to_stored_event(e) for e in aggregate.collect_events())
+        await identity.store.append(stored)
+        if (offset // CHUNK) % 50 == 0:
+            progress(f"appended {offset + CHUNK:,} people")
+    append_rate = len(people) / (time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await identity.projection.catch_up(
+        progress=lambda done, total: (
+            (done // 5000) % 100 == 0 and progress(f"indexed up to position {done:,} of {total:,}")
+        )
+    )
+    index_rate = len(people) / (time.perf_counter() - started)
+    return append_rate, index_rate
+
+
+def mixed_queries(people, rng: random.Random) -> list[pb.SearchPeopleRequest]:
+    queries = []
+    for i in range(QUERIES):
+        person = rng.choice(people)
+        dob = Date(
+            year=person.date_of_birth.year,
+            month=person.date_of_birth.month,
+            day=person.date_of_birth.day,
+        )
+        if i % 3 == 0:
+            identifier = noms(person.key)
+            queries.append(
+                pb.SearchPeopleRequest(
+                    identifiers=[
+                        pb.Identifier(type=pb.IDENTIFIER_TYPE_NOMS, value=identifier.value)
+                    ]
+                )
+            )
+        elif i % 3 == 1:
+            queries.append(
+                pb.SearchPeopleRequest(
+                    name=pb.Name(
+                        given_names=person.name.given_names, family_name=person.name.family_name
+                    ),
+                    date_of_birth=dob,
+                )
+            )
+        else:
+            queries.append(
+                pb.SearchPeopleRequest(
+                    name=pb.Name(
+                        given_names=person.name.given_names,
+                        family_name=typo(rng, person.name.family_name),
+                    ),
+                    date_of_birth=dob,
+                )
+            )
+    return queries
+
+
+async def bench_search(stub, metadata, queries) -> list[float]:
+    latencies = []
+    for query in queries[:50]:  # warm up
+        await stub.SearchPeople(query, metadata=metadata)
+    for query in queries:
+        started = time.perf_counter()
+        await stub.SearchPeople(query, metadata=metadata)
+        latencies.append((time.perf_counter() - started) * 1000)
+    return latencies
+
+
+async def timed(clients: int, call) -> float:
+    stop_at = time.perf_counter() + DURATION
+    counts = [0] * clients
+
+    async def client(i: int) -> None:
+        while time.perf_counter() < stop_at:
+            await call(i)
+            counts[i] += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return sum(counts) / (time.perf_counter() - started)
+
+
+async def bench_echo() -> float:
+    async def echo(request, context):
+        return request
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "bench.Echo",
+                {
+                    "Echo": grpc.unary_unary_rpc_method_handler(
+                        echo,
+                        request_deserializer=wrappers_pb2.BytesValue.FromString,
+                        response_serializer=wrappers_pb2.BytesValue.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(
+            "/bench.Echo/Echo",
+            request_serializer=wrappers_pb2.BytesValue.SerializeToString,
+            response_deserializer=wrappers_pb2.BytesValue.FromString,
+        )
+        payload = wrappers_pb2.BytesValue(value=b"x" * 200)
+        rate = await timed(CLIENTS, lambda _: call(payload))
+    await server.stop(0)
+    return rate
+
+
+async def bench_register(stub, metadata) -> float:
+    rng = random.Random(5)
+    base = 50_000_000
+
+    def request(i: int) -> pb.RegisterPersonRequest:
+        nonlocal base
+        base += 1
+        identifier = noms(base)
+        return pb.RegisterPersonRequest(
+            command_id=str(uuid4()),
+            name=pb.Name(given_names="Load", family_name=f"Test{rng.randrange(10**6)}"),
+            date_of_birth=Date(year=1980, month=1, day=1 + i % 28),
+            sex=pb.SEX_MALE,
+            identifiers=[pb.Identifier(type=pb.IDENTIFIER_TYPE_NOMS, value=identifier.value)],
+        )
+
+    return await timed(CLIENTS, lambda i: stub.RegisterPerson(request(i), metadata=metadata))
+
+
+async def bench_quality(pool) -> tuple[float, float, int, int]:
+    identity = await bootstrap(pool, schema="bench_identity_quality", cipher_key="")
+    identity.start_projection()
+    labelled = labelled_set(2000, seed=2026)
+    person_ids = {}
+    for record in labelled.records:
+        written = await identity.application.register_person(
+            uuid4(), record.name, record.date_of_birth, record.sex, [], record.aliases
+        )
+        person_ids[record.key] = written.person_id
+    await identity.application.wait_for_index(await identity.store.head_position(), timeout=120)
+    quality = await measure_quality(
+        identity.application, labelled, person_ids, threshold=DEFAULT_THRESHOLD
+    )
+    await identity.close()
+    return (
+        quality.precision,
+        quality.recall,
+        len(labelled.duplicate_pairs),
+        len(labelled.twin_pairs),
+    )
+
+
+async def main() -> None:
+    server_url = database_url()
+    name = f"throughline_bench_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(server_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    pool = await create_pool(dsn, min_size=4, max_size=24)
+    try:
+        identity = await bootstrap(pool, schema="bench_identity", cipher_key="")
+        progress(f"generating {PEOPLE:,} synthetic people")
+        people = population(PEOPLE, seed=3)
+        append_rate, index_rate = await load(identity, people)
+
+        identity.start_projection()
+        verifier = TokenVerifier(SECRET)
+        server = build_server(identity, verifier)
+        port = await server.start()
+        metadata = (("authorization", f"Bearer {verifier.mint('bench', ['identity.write'])}"),)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = identity_pb2_grpc.IdentityServiceStub(channel)
+            progress(f"{QUERIES:,} searches against {PEOPLE:,} people")
+            latencies = await bench_search(stub, metadata, mixed_queries(people, random.Random(9)))
+            progress(f"echo baseline, {CLIENTS} clients")
+            echo_rate = await bench_echo()
+            progress(f"RegisterPerson, {CLIENTS} clients")
+            register_rate = await bench_register(stub, metadata)
+        await server.stop(1)
+        await identity.close()
+        progress("match quality on a labelled synthetic set")
+        precision, recall, duplicates, twins = await bench_quality(pool)
+    finally:
+        await pool.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+    quantiles = statistics.quantiles(latencies, n=100)
+    print(f"\nIdentity benchmark — {PEOPLE:,} people, {os.cpu_count()} cores")
+    rows = [
+        ("bulk load through the event store (people/s)", append_rate, ""),
+        ("search index projection (people/s)", index_rate, ""),
+        ("SearchPeople p50 (ms)", quantiles[49], ""),
+        ("SearchPeople p99 (ms)", quantiles[98], "target <= 20"),
+        ("gRPC echo, 16 clients (requests/s)", echo_rate, "baseline"),
+        (
+            "RegisterPerson, 16 clients (commands/s)",
+            register_rate,
+            f"{register_rate / echo_rate:.2f} of echo",
+        ),
+        (
+            f"precision at {DEFAULT_THRESHOLD} ({duplicates} duplicates, {twins} twins)",
+            precision,
+            "",
+        ),
+        (f"recall at {DEFAULT_THRESHOLD}", recall, ""),
+    ]
+    for label, value, note in rows:
+        print(f"{label:<58}{value:>14,.3f}  {note}")
+    print()
+    print(f"load_people_per_s={append_rate:.0f}")
+    print(f"index_people_per_s={index_rate:.0f}")
+    print(f"search_p50_ms={quantiles[49]:.2f}")
+    print(f"search_p99_ms={quantiles[98]:.2f}")
+    print(f"echo_per_s={echo_rate:.0f}")
+    print(f"register_per_s={register_rate:.0f}")
+    print(f"register_vs_echo={register_rate / echo_rate:.2f}")
+    print(f"match_precision={precision:.3f}")
+    print(f"match_recall={recall:.3f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
