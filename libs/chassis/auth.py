@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +44,16 @@ def load_secret() -> str:
 
 
 class TokenVerifier:
+    """Mints and verifies tokens. A verified token is remembered with its expiry, so a
+    client calling many times pays for the signature check once (a token cannot change:
+    any edit is a different string)."""
+
+    CACHE_SIZE = 4096
+
     def __init__(self, secret: str, *, leeway_seconds: int = 30) -> None:
         self._secret = secret
         self._leeway = leeway_seconds
+        self._verified: OrderedDict[str, tuple[Actor, float]] = OrderedDict()
 
     def mint(self, subject: str, roles: Iterable[str], *, ttl_seconds: int = 3600) -> str:
         now = int(time.time())
@@ -60,6 +68,20 @@ class TokenVerifier:
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: str) -> Actor:
+        cached = self._verified.get(token)
+        if cached is not None:
+            actor, expires = cached
+            if time.time() <= expires + self._leeway:
+                self._verified.move_to_end(token)
+                return actor
+            del self._verified[token]
+        actor, expires = self._verify(token)
+        self._verified[token] = (actor, expires)
+        if len(self._verified) > self.CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return actor
+
+    def _verify(self, token: str) -> tuple[Actor, float]:
         try:
             claims = jwt.decode(
                 token,
@@ -75,7 +97,7 @@ class TokenVerifier:
         roles = claims.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise InvalidTokenError("bearer token rejected: roles must be a list of strings")
-        return Actor(subject=str(claims["sub"]), roles=frozenset(roles))
+        return Actor(subject=str(claims["sub"]), roles=frozenset(roles)), float(claims["exp"])
 
 
 @dataclass(frozen=True)
