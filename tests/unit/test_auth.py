@@ -19,14 +19,30 @@ def test_a_minted_token_verifies_to_its_subject_and_roles():
     assert actor.roles == frozenset({"identity.read", "feed.read"})
 
 
-def test_a_cached_token_is_still_refused_once_it_expires(monkeypatch):
+def test_a_cached_token_is_checked_again_once_it_expires(monkeypatch):
     verifier = TokenVerifier(SECRET, leeway_seconds=0)
     token = verifier.mint("pom:ann", ["identity.read"], ttl_seconds=60)
-    assert verifier.verify(token).subject == "pom:ann"  # now cached
+    assert verifier.verify(token).subject == "pom:ann"  # verified once, now cached
+    checks = []
+
+    def refuse(checked):
+        checks.append(checked)
+        raise InvalidTokenError("expired")
+
+    monkeypatch.setattr(verifier, "_verify", refuse)
+    assert verifier.verify(token).subject == "pom:ann"  # a cache hit: no new check
+    assert checks == []
     later = time.time() + 120
     monkeypatch.setattr(auth.time, "time", lambda: later)
     with pytest.raises(InvalidTokenError):
         verifier.verify(token)
+    assert checks == [token]
+
+
+def test_an_expired_token_is_refused():
+    verifier = TokenVerifier(SECRET, leeway_seconds=0)
+    with pytest.raises(InvalidTokenError, match="expired"):
+        verifier.verify(verifier.mint("pom:ann", [], ttl_seconds=-10))
 
 
 def test_tampered_and_foreign_tokens_are_refused():
