@@ -31,6 +31,7 @@ from throughline.common.v1.date_pb2 import Date
 from throughline.identity.v1 import identity_pb2 as pb
 from throughline.identity.v1 import identity_pb2_grpc
 
+from bench.load_client import noms_value
 from infra.postgres import database_url
 from libs.chassis.auth import TokenVerifier
 from libs.eventstore import create_pool
@@ -54,13 +55,7 @@ def progress(message: str) -> None:
 
 
 def noms(key: int) -> Identifier:
-    letters = "ABCDEFGHJKLMNPQRSTUVWXYZ"
-    first, rest = divmod(key, 10000 * 24 * 24)
-    middle, tail = divmod(rest, 24 * 24)
-    return Identifier(
-        IdentifierType.NOMS,
-        f"{letters[first % 24]}{middle:04d}{letters[tail // 24]}{letters[tail % 24]}",
-    )
+    return Identifier(IdentifierType.NOMS, noms_value(key))
 
 
 async def load(identity, people) -> tuple[float, float]:
@@ -144,18 +139,28 @@ async def bench_search(stub, metadata, queries) -> list[float]:
     return latencies
 
 
-async def timed(clients: int, call) -> float:
-    stop_at = time.perf_counter() + DURATION
-    counts = [0] * clients
-
-    async def client(i: int) -> None:
-        while time.perf_counter() < stop_at:
-            await call(i)
-            counts[i] += 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client(i) for i in range(clients)))
-    return sum(counts) / (time.perf_counter() - started)
+async def load_from_another_process(port: int, kind: str, token: str = "") -> float:
+    """Drives `port` from a separate client process (bench/load_client.py), so client and
+    server do not share a core; the echo baseline is driven the same way."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.load_client",
+        "--port",
+        str(port),
+        "--kind",
+        kind,
+        "--clients",
+        str(CLIENTS),
+        "--seconds",
+        str(DURATION),
+        env={**os.environ, "BENCH_TOKEN": token},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    output, _ = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"load client failed: {output.decode()}")
+    return float(output.decode().strip().rsplit("rate=", 1)[1])
 
 
 async def bench_echo() -> float:
@@ -179,35 +184,9 @@ async def bench_echo() -> float:
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary(
-            "/bench.Echo/Echo",
-            request_serializer=wrappers_pb2.BytesValue.SerializeToString,
-            response_deserializer=wrappers_pb2.BytesValue.FromString,
-        )
-        payload = wrappers_pb2.BytesValue(value=b"x" * 200)
-        rate = await timed(CLIENTS, lambda _: call(payload))
+    rate = await load_from_another_process(port, "echo")
     await server.stop(0)
     return rate
-
-
-async def bench_register(stub, metadata) -> float:
-    rng = random.Random(5)
-    base = 50_000_000
-
-    def request(i: int) -> pb.RegisterPersonRequest:
-        nonlocal base
-        base += 1
-        identifier = noms(base)
-        return pb.RegisterPersonRequest(
-            command_id=str(uuid4()),
-            name=pb.Name(given_names="Load", family_name=f"Test{rng.randrange(10**6)}"),
-            date_of_birth=Date(year=1980, month=1, day=1 + i % 28),
-            sex=pb.SEX_MALE,
-            identifiers=[pb.Identifier(type=pb.IDENTIFIER_TYPE_NOMS, value=identifier.value)],
-        )
-
-    return await timed(CLIENTS, lambda i: stub.RegisterPerson(request(i), metadata=metadata))
 
 
 async def bench_quality(pool) -> tuple[float, float, int, int]:
@@ -255,10 +234,12 @@ async def main() -> None:
             stub = identity_pb2_grpc.IdentityServiceStub(channel)
             progress(f"{QUERIES:,} searches against {PEOPLE:,} people")
             latencies = await bench_search(stub, metadata, mixed_queries(people, random.Random(9)))
-            progress(f"echo baseline, {CLIENTS} clients")
-            echo_rate = await bench_echo()
-            progress(f"RegisterPerson, {CLIENTS} clients")
-            register_rate = await bench_register(stub, metadata)
+        progress(f"echo baseline, {CLIENTS} clients in another process")
+        echo_rate = await bench_echo()
+        progress(f"RegisterPerson, {CLIENTS} clients in another process")
+        register_rate = await load_from_another_process(
+            port, "register", verifier.mint("bench", ["identity.write"])
+        )
         await server.stop(1)
         await identity.close()
         progress("match quality on a labelled synthetic set")

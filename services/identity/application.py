@@ -12,7 +12,12 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 
-from libs.domain.errors import AlreadyExistsError, NotFoundError, RuleViolatedError
+from libs.domain.errors import (
+    AlreadyExistsError,
+    DomainError,
+    NotFoundError,
+    RuleViolatedError,
+)
 from libs.eventstore import (
     AppendResult,
     ConcurrencyError,
@@ -72,11 +77,17 @@ class IdentityApplication:
         command_id: UUID,
         decide: Callable[[], Awaitable[tuple[UUID, list[Aggregate]]]],
     ) -> Written:
-        earlier = await self.store.command_result(command_id)
-        if earlier is not None:
-            return await self._written(earlier)
+        # A retry is recognised without a look-up first: the store refuses to append a
+        # command id twice and hands back the original result. Only when deciding again
+        # fails (the first attempt already changed the record) or appends nothing is
+        # the command id looked up.
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            person_id, aggregates = await decide()
+            try:
+                person_id, aggregates = await decide()
+            except DomainError:
+                if earlier := await self.store.command_result(command_id):
+                    return await self._written(earlier)
+                raise
             try:
                 result = await self.repository.save(*aggregates, command_id=command_id)
             except ConcurrencyError:
@@ -85,6 +96,8 @@ class IdentityApplication:
                 continue
             if result.duplicate:
                 return await self._written(result)
+            if not result.positions and (earlier := await self.store.command_result(command_id)):
+                return await self._written(earlier)
             return Written(person_id, result.last_position, duplicate=False)
         raise AssertionError("unreachable")
 

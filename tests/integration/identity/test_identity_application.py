@@ -199,3 +199,19 @@ async def test_rebuilding_the_search_index_from_events_gives_the_same_index(iden
     await identity.close()  # stop the live projection before rebuilding
     assert await identity.projection.rebuild() == head
     assert await snapshot() == live
+
+
+async def test_retries_of_commands_that_changed_the_record_return_the_first_result(identity):
+    app = identity.application
+    person = await register(app)
+    other = await register(app, given="Bob")
+    record = uuid4()
+    first = await app.record_identifier(record, person.person_id, PNC)
+    # Deciding again would now record nothing (the person holds PNC already).
+    again = await app.record_identifier(record, person.person_id, PNC)
+    assert (again.position, again.duplicate) == (first.position, True)
+    merge = uuid4()
+    merged = await app.merge_people(merge, person.person_id, other.person_id, "same")
+    # Deciding again would now fail (Bob is already merged); the retry still succeeds.
+    retried = await app.merge_people(merge, person.person_id, other.person_id, "same")
+    assert (retried.person_id, retried.position) == (merged.person_id, merged.position)
