@@ -15,19 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import statistics
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from uuid import uuid4
 
 import asyncpg
 from eventsourcing.persistence import StoredEvent
 
-from infra.postgres import database_url
+from infra.postgres import scratch_database
 from libs.eventstore import EventStore, create_pool, create_schema
 from libs.eventstore.database import library_datastore
 
@@ -213,24 +212,20 @@ async def bench_catch_up(dsn: str) -> dict[str, float]:
 
 
 async def main() -> None:
-    server_url = database_url()
-    name = f"throughline_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(server_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-    try:
-        progress(f"plain INSERT baseline, {WRITERS} connections, {DURATION:.0f}s")
-        plain = await bench_plain_insert(dsn)
-        progress(f"eventsourcing PostgresApplicationRecorder, {WRITERS} threads")
-        library = await asyncio.to_thread(bench_library_recorder, dsn)
-        progress(f"our event store, {WRITERS} concurrent writers, with a tailing subscriber")
-        ours = await bench_event_store(dsn)
-        catch_up = await bench_catch_up(dsn)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database("throughline_bench") as dsn:
+        await run(dsn)
 
-    server = urlsplit(server_url)
+
+async def run(dsn: str) -> None:
+    progress(f"plain INSERT baseline, {WRITERS} connections, {DURATION:.0f}s")
+    plain = await bench_plain_insert(dsn)
+    progress(f"eventsourcing PostgresApplicationRecorder, {WRITERS} threads")
+    library = await asyncio.to_thread(bench_library_recorder, dsn)
+    progress(f"our event store, {WRITERS} concurrent writers")
+    ours = await bench_event_store(dsn)
+    catch_up = await bench_catch_up(dsn)
+
+    server = urlsplit(dsn)
     where = "embedded" if "host=/" in server.query or not server.hostname else server.hostname
     print(f"\nEvent store benchmark — PostgreSQL: {where}, {os.cpu_count()} cores")
     print(f"{'measure':<48}{'value':>14}  ratio to plain INSERT")

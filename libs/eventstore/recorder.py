@@ -122,12 +122,18 @@ class _Queries:
             FROM head
             UNION ALL {{checks}}
         """
+        # One index probe per stream (newest version first), whatever the planner's
+        # statistics say: a plain `= ANY($1)` turns into a sequential scan on a table
+        # the planner has not analysed yet, and then every append reads the whole store.
         self.checks = f"""
-            SELECT 1, originator_id, originator_version, NULL, hash, NULL, NULL FROM (
-                SELECT DISTINCT ON (originator_id) originator_id, originator_version, hash
-                FROM {s}.stored_events WHERE originator_id = ANY($1::uuid[])
-                ORDER BY originator_id, originator_version DESC
-            ) AS streams
+            SELECT 1, newest.originator_id, newest.originator_version, NULL, newest.hash,
+                   NULL, NULL
+            FROM unnest($1::uuid[]) AS wanted(id)
+            CROSS JOIN LATERAL (
+                SELECT originator_id, originator_version, hash FROM {s}.stored_events
+                WHERE originator_id = wanted.id
+                ORDER BY originator_version DESC LIMIT 1
+            ) AS newest
             UNION ALL
             SELECT 2, originator_id, originator_version, recorded_at, NULL, command_id,
                    notification_id
