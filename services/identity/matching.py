@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 import jellyfish
-from rapidfuzz.distance import JaroWinkler
+from rapidfuzz.distance import OSA, JaroWinkler
 
 from services.identity.identifiers import Identifier, IdentifierType
 
@@ -111,28 +111,45 @@ def _family_weight(similarity: float) -> float:
     return -2.5
 
 
-def _given_weight(similarity: float) -> float:
-    # Twins often have alike first names (Maria, Martha: 0.88); below 0.9 counts against.
+def _given_weight(similarity: float, slips: int) -> float:
+    # Twins often have alike first names (Maria, Martha: 0.88), so below 0.9 counts
+    # against, unless one typing slip (a changed, added, dropped or swapped letter)
+    # explains the difference: Noah and Nonh are 0.83 but one slip apart.
     if similarity >= 0.999:
         return 2.5
     if similarity >= 0.9:
         return 1.5
+    if slips == 1:
+        return 1.0
     if similarity >= 0.8:
         return -1.0
     return -3.0
 
 
+def _slips(a: str, b: str) -> int:
+    """Typing slips between two names (optimal string alignment distance)."""
+    return OSA.distance(a, b) if min(len(a), len(b)) >= 3 else 99
+
+
 def _name_evidence(query: NameKey, candidate: NameKey) -> tuple[float, str]:
     """The best reading of two names: as given, or with given and family names swapped."""
     family = _similarity(query.family, candidate.family)
-    given = _similarity(first_given(query.given), first_given(candidate.given))
+    query_given, candidate_given = first_given(query.given), first_given(candidate.given)
+    given = _similarity(query_given, candidate_given)
+    slips = _slips(query_given, candidate_given)
     # A part of the name the query does not give is no evidence either way.
     straight = (_family_weight(family) if query.family else 0.0) + (
-        _given_weight(given) if query.given else 0.0
+        _given_weight(given, slips) if query.given else 0.0
     )
-    swapped_family = _similarity(query.family, first_given(candidate.given))
-    swapped_given = _similarity(first_given(query.given), candidate.family)
-    swapped = _family_weight(swapped_family) + _given_weight(swapped_given) - 0.5
+    # Swapped: their family name written as given names (all of them, since a double-
+    # barrelled surname splits into two "given names"), their given name as family name.
+    swapped_family = max(
+        _similarity(query.family, candidate_given), _similarity(query.family, candidate.given)
+    )
+    swapped_given = max(
+        _similarity(query_given, candidate.family), _similarity(query.given, candidate.family)
+    )
+    swapped = _family_weight(swapped_family) + _given_weight(swapped_given, 99) - 0.5
     if (
         query.family
         and query.given
@@ -144,7 +161,12 @@ def _name_evidence(query: NameKey, candidate: NameKey) -> tuple[float, str]:
     parts.append(
         "family name exact" if family >= 0.999 else f"family name Jaro-Winkler {family:.2f}"
     )
-    parts.append("given name exact" if given >= 0.999 else f"given name Jaro-Winkler {given:.2f}")
+    if given >= 0.999:
+        parts.append("given name exact")
+    elif given < 0.9 and slips == 1:
+        parts.append(f"given name one typing slip (Jaro-Winkler {given:.2f})")
+    else:
+        parts.append(f"given name Jaro-Winkler {given:.2f}")
     return straight, ", ".join(parts)
 
 

@@ -1,0 +1,85 @@
+"""Scores and reasons for pairs of people, without a database."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from services.identity.identifiers import Identifier, IdentifierType
+from services.identity.matching import (
+    DEFAULT_THRESHOLD,
+    NameKey,
+    Profile,
+    date_variants,
+    normalise,
+    score,
+)
+
+DOB = date(1979, 3, 12)
+PNC = Identifier(IdentifierType.PNC, "2012/0394773H")
+
+
+def profile(given, family, dob=DOB, identifiers=(), aliases=()):
+    names = [NameKey.of(given, family)] + [NameKey.of(g, f) for g, f in aliases]
+    return Profile(names=names, date_of_birth=dob, identifiers=set(identifiers))
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        (profile("Martha", "Kowalski"), "family name exact"),
+        (profile("Martha", "Kowalsky"), "family name Jaro-Winkler 0.95"),
+        (profile("Kowalski", "Martha"), "given and family names swapped"),
+        (profile("Matrha", "Kowalski"), "given name Jaro-Winkler 0.96"),
+        (profile("Nartha", "Kowalski"), "given name one typing slip (Jaro-Winkler 0.89)"),
+        (profile("Martha", "Kowalski", dob=date(1979, 3, 13)), "date of birth one digit off"),
+        (profile("Martha", "Kowalski", dob=date(1979, 12, 3)), "date of birth digits transposed"),
+    ],
+)
+def test_one_error_still_matches_and_says_why(query, reason):
+    match = score(query, profile("Martha", "Kowalski"))
+    assert match.score >= DEFAULT_THRESHOLD
+    assert any(reason in r for r in match.reasons), match.reasons
+
+
+def test_twins_score_well_below_the_threshold():
+    for other in ("Maria", "Beatrice", "Agnieszka"):
+        assert score(profile(other, "Kowalski"), profile("Martha", "Kowalski")).score < 0.4
+
+
+def test_an_alias_matches_and_says_so():
+    match = score(
+        profile("Marta", "Smith"), profile("Martha", "Kowalski", aliases=[("Marta", "Smith")])
+    )
+    assert match.score > 0.9 and match.reasons[0].startswith("alias matched")
+
+
+def test_a_double_barrelled_surname_written_as_given_names_is_a_swap():
+    match = score(profile("Ward-Wang", "Zoë"), profile("Zoë Maya", "Ward-Wang"))
+    assert match.score >= DEFAULT_THRESHOLD and "given and family names swapped" in match.reasons
+
+
+def test_identifiers_decide_for_and_against():
+    same = score(Profile(identifiers={PNC}), profile("Anyone", "At All", identifiers=[PNC]))
+    assert "exact PNC" in same.reasons and same.score > 0.8
+    other = Identifier(IdentifierType.PNC, "1979/0163001B")
+    different = score(
+        profile("Martha", "Kowalski", identifiers=[other]),
+        profile("Martha", "Kowalski", identifiers=[PNC]),
+    )
+    assert "different PNC" in different.reasons and different.score < DEFAULT_THRESHOLD
+
+
+def test_names_compare_without_accents_apostrophes_or_case_but_keep_other_scripts():
+    assert normalise("Zoë O'Brien-Łukasz") == "zoe obrien lukasz"
+    assert normalise("ИВАНОВ") == "иванов"
+
+
+def test_date_variants_cover_one_slip():
+    variants = date_variants(date(1980, 3, 12))
+    assert date(1980, 3, 13) in variants  # one digit changed
+    assert date(1908, 3, 12) in variants  # adjacent digits swapped
+    assert date(1980, 12, 3) in variants  # day and month swapped
+    assert date(1980, 3, 12) not in variants
+    assert date(1981, 4, 12) not in variants  # two slips
