@@ -75,7 +75,7 @@ class IdentityApplication:
     async def _run(
         self,
         command_id: UUID,
-        decide: Callable[[], Awaitable[tuple[UUID, list[Aggregate]]]],
+        decide: Callable[[bool], Awaitable[tuple[UUID, list[Aggregate]]]],
     ) -> Written:
         # A retry is recognised without a look-up first: the store refuses to append a
         # command id twice and hands back the original result. Only when deciding again
@@ -83,7 +83,7 @@ class IdentityApplication:
         # the command id looked up.
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                person_id, aggregates = await decide()
+                person_id, aggregates = await decide(attempt == 1)
             except DomainError:
                 if earlier := await self.store.command_result(command_id):
                     return await self._written(earlier)
@@ -118,8 +118,16 @@ class IdentityApplication:
         except AggregateNotFoundError:
             return None
 
-    async def _claims_for(self, person_id: UUID, identifiers: list[Identifier]) -> list[Aggregate]:
-        """Claims `identifiers` for `person_id`, refusing any held by someone else."""
+    async def _claims_for(
+        self, person_id: UUID, identifiers: list[Identifier], *, optimistic: bool = False
+    ) -> list[Aggregate]:
+        """Claims `identifiers` for `person_id`, refusing any held by someone else.
+
+        Optimistically, a claim is written as new without reading it first: most
+        identifiers are new, and if one is not, the append fails as a concurrency
+        conflict and the command decides again, reading every claim."""
+        if optimistic:
+            return [IdentifierClaim.first(identifier, person_id) for identifier in identifiers]
         changed: list[Aggregate] = []
         for identifier in identifiers:
             claim = await self._claim(identifier)
@@ -144,18 +152,21 @@ class IdentityApplication:
         aliases: list[Name],
         occurred_at: datetime | None = None,
     ) -> Written:
-        async def decide():
+        async def decide(first_attempt: bool):
             person = Person.register(
                 name, date_of_birth, sex, identifiers, aliases, occurred_at or self.clock()
             )
-            return person.id, [person, *await self._claims_for(person.id, sorted(set(identifiers)))]
+            claims = await self._claims_for(
+                person.id, sorted(set(identifiers)), optimistic=first_attempt
+            )
+            return person.id, [person, *claims]
 
         return await self._run(command_id, decide)
 
     async def record_identifier(
         self, command_id: UUID, person_id: UUID, identifier: Identifier
     ) -> Written:
-        async def decide():
+        async def decide(first_attempt: bool):
             person = await self._person(person_id)
             person.record_identifier(identifier, self.clock())
             return person.id, [person, *await self._claims_for(person.id, [identifier])]
@@ -165,7 +176,7 @@ class IdentityApplication:
     async def retire_identifier(
         self, command_id: UUID, person_id: UUID, identifier: Identifier, reason: str
     ) -> Written:
-        async def decide():
+        async def decide(first_attempt: bool):
             person = await self._person(person_id)
             person.retire_identifier(identifier, reason, self.clock())
             claim = await self._claim(identifier)
@@ -180,7 +191,7 @@ class IdentityApplication:
     async def _change(
         self, command_id: UUID, person_id: UUID, change: Callable[[Person], None]
     ) -> Written:
-        async def decide():
+        async def decide(first_attempt: bool):
             person = await self._person(person_id)
             change(person)
             return person.id, [person]
@@ -214,7 +225,7 @@ class IdentityApplication:
     async def merge_people(
         self, command_id: UUID, survivor_id: UUID, duplicate_id: UUID, reason: str
     ) -> Written:
-        async def decide():
+        async def decide(first_attempt: bool):
             if survivor_id == duplicate_id:
                 raise RuleViolatedError(
                     "merge_into_self", "a person cannot be merged into themself"
@@ -236,7 +247,7 @@ class IdentityApplication:
     async def unmerge_people(
         self, command_id: UUID, survivor_id: UUID, duplicate_id: UUID, reason: str
     ) -> Written:
-        async def decide():
+        async def decide(first_attempt: bool):
             survivor = await self._person(survivor_id)
             duplicate = await self._person(duplicate_id)
             returning = duplicate.unmerge_from(survivor, reason, self.clock())
@@ -253,7 +264,7 @@ class IdentityApplication:
     async def mark_not_duplicate(
         self, command_id: UUID, person_id: UUID, other_id: UUID, reason: str
     ) -> Written:
-        async def decide():
+        async def decide(first_attempt: bool):
             person = await self._person(person_id)
             other = await self._person(other_id)
             person.mark_not_duplicate(other, reason, self.clock())
