@@ -20,6 +20,7 @@ class Wakeups:
         self._waiters: set[asyncio.Event] = set()
         self._listener: asyncpg.pool.PoolConnectionProxy | None = None
         self._lock = asyncio.Lock()
+        self.notifications_received = 0
 
     async def register(self) -> asyncio.Event:
         waiter = asyncio.Event()
@@ -35,6 +36,7 @@ class Wakeups:
             waiter.set()
 
     def _on_notification(self, *_: object) -> None:
+        self.notifications_received += 1
         self.wake_local()
 
     def _on_termination(self, *_: object) -> None:

@@ -130,22 +130,29 @@ async def test_subscribe_catches_up_then_follows_live_appends(store):
 
 async def test_another_process_append_wakes_a_subscriber_through_notify(pool, schema):
     writer = EventStore(pool, schema)
-    # A poll interval far longer than the wait below: only NOTIFY can wake it in time.
+    # A poll interval far longer than the waits below: only NOTIFY can wake it in time.
     reader = EventStore(pool, schema, poll_interval=60)
-    got = asyncio.Event()
+    received: list[int] = []
+    arrived = asyncio.Event()
 
     async def follow():
-        async for _ in reader.subscribe():
-            got.set()
-            return
+        async for event in reader.subscribe():
+            received.append(event.position)
+            arrived.set()
 
     task = asyncio.create_task(follow())
-    await asyncio.sleep(0.2)  # let it register and LISTEN before the append
-    await writer.append([StoredEvent(uuid4(), 1, "t", b"")])
-    await asyncio.wait_for(got.wait(), 5)
-    await task
-    await writer.close()
-    await reader.close()
+    try:
+        await writer.append([StoredEvent(uuid4(), 1, "t", b"first")])
+        await asyncio.wait_for(arrived.wait(), 5)  # the reader is listening and caught up
+        arrived.clear()
+        await writer.append([StoredEvent(uuid4(), 1, "t", b"second")])
+        await asyncio.wait_for(arrived.wait(), 5)
+    finally:
+        task.cancel()
+        await writer.close()
+        await reader.close()
+    assert received == [1, 2]
+    assert reader.wakeups.notifications_received >= 1
 
 
 async def test_read_all_filters_by_topic_and_bounds(store):
