@@ -19,7 +19,7 @@ from throughline.feed.v1 import feed_pb2, feed_pb2_grpc
 from libs.chassis.auth import AccessPolicy, TokenVerifier
 from libs.chassis.feed import EventFeedServicer
 from libs.chassis.interceptors import RequestInterceptor
-from libs.chassis.telemetry import configure_telemetry, tracing_interceptor
+from libs.chassis.telemetry import configure_telemetry, tracing_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Server:
                 )
             )
         self._server = grpc.aio.server(
-            interceptors=[tracing_interceptor(), RequestInterceptor(verifier, policy)]
+            interceptors=[*tracing_interceptors(), RequestInterceptor(verifier, policy)]
         )
         self._health = health.aio.HealthServicer()
         self.port: int | None = None

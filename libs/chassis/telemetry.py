@@ -1,12 +1,18 @@
 """OpenTelemetry: traces for gRPC calls and asyncpg queries. The exporter is chosen by
 THROUGHLINE_TRACES_EXPORTER: "none" (the default), "console", or "otlp" (configured by the
-standard OTEL_EXPORTER_OTLP_* variables). With "none", spans are not recorded, but each
-request still gets a trace id (the caller's, when it sends a traceparent) that its events
-keep; asyncpg queries are instrumented only when spans go somewhere."""
+standard OTEL_EXPORTER_OTLP_* variables).
+
+With "none", nothing is instrumented: the gRPC and asyncpg instrumentation cost about a
+fifth of a command's time even when every span is dropped. Each request still gets a
+trace id that its events keep: the caller's, read from the W3C `traceparent` header
+when it sends one, or a fresh random one."""
 
 from __future__ import annotations
 
 import os
+import random
+import re
+from collections.abc import Mapping
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
@@ -18,16 +24,16 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 
 EXPORTER_VARIABLE = "THROUGHLINE_TRACES_EXPORTER"
 _configured = False
+_recording = False
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 def configure_telemetry(service_name: str) -> None:
-    global _configured
+    global _configured, _recording
     if _configured:
         return
     _configured = True
     exporter = os.environ.get(EXPORTER_VARIABLE, "none").lower()
-    # With nowhere to send spans, record none: a non-recording span still carries a
-    # fresh (or the caller's propagated) trace id for the events, at a fraction of the cost.
     sampler = ParentBased(ALWAYS_OFF) if exporter == "none" else ParentBased(ALWAYS_ON)
     provider = TracerProvider(
         resource=Resource.create({"service.name": service_name}), sampler=sampler
@@ -42,13 +48,23 @@ def configure_telemetry(service_name: str) -> None:
         raise ValueError(f"{EXPORTER_VARIABLE} must be none, console or otlp, not {exporter!r}")
     trace.set_tracer_provider(provider)
     if exporter != "none":
+        _recording = True
         AsyncPGInstrumentor().instrument()
 
 
-def tracing_interceptor():
-    return aio_server_interceptor()
+def tracing_interceptors() -> list:
+    """The gRPC server interceptors for tracing: none unless spans go somewhere."""
+    return [aio_server_interceptor()] if _recording else []
 
 
-def current_trace_id() -> str | None:
-    context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else None
+def request_trace_id(metadata: Mapping[str, str]) -> str:
+    """The trace id for a request's events: the current span's when spans are recorded,
+    else the caller's `traceparent` trace id, else a fresh one."""
+    if _recording:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            return format(context.trace_id, "032x")
+    match = _TRACEPARENT.match(metadata.get("traceparent", ""))
+    if match and match[1] != "0" * 32:
+        return match[1]
+    return format(random.getrandbits(128) or 1, "032x")

@@ -223,6 +223,30 @@ async def test_events_record_the_caller_and_trace_and_reach_the_feed(server, sto
     )
 
 
+async def test_a_callers_traceparent_trace_id_is_kept_and_a_malformed_one_replaced(server):
+    channel, verifier = server
+    caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    headers = {
+        "propagated": f"00-{caller_trace}-00f067aa0ba902b7-01",
+        "malformed": "00-not-a-trace-01",
+        "all zeros": f"00-{'0' * 32}-00f067aa0ba902b7-01",
+    }
+    for value in headers.values():
+        await write_stub(channel)(
+            wrappers_pb2.StringValue(value="traced"),
+            metadata=(*auth(verifier, "notes.write"), ("traceparent", value)),
+        )
+    feed = feed_pb2_grpc.EventFeedServiceStub(channel)
+    response = await feed.ReadEvents(
+        feed_pb2.ReadEventsRequest(after=0, limit=10), metadata=auth(verifier, "feed.read")
+    )
+    propagated, malformed, zeros = (e.trace_id for e in response.events)
+    assert propagated == caller_trace
+    for fresh in (malformed, zeros):
+        assert len(fresh) == 32 and int(fresh, 16) != 0 and fresh != caller_trace
+    assert malformed != zeros
+
+
 async def test_subscribe_streams_batches_then_live_events(server):
     channel, verifier = server
     for i in range(5):
