@@ -44,8 +44,20 @@ async def schema(pool: asyncpg.Pool) -> str:
     return name
 
 
+# The store writes optimistically and falls back to taking the head-row lock after
+# losing races; tests of the store run both ways, the second by never trying optimism.
+WRITER_MODES = {"optimistic": 3, "locking": 0}
+
+
+@pytest.fixture(params=list(WRITER_MODES))
+def optimistic_attempts(request: pytest.FixtureRequest) -> int:
+    return WRITER_MODES[request.param]
+
+
 @pytest.fixture
-async def store(pool: asyncpg.Pool, schema: str) -> AsyncIterator[EventStore]:
-    store = EventStore(pool, schema, poll_interval=0.2)
+async def store(
+    pool: asyncpg.Pool, schema: str, optimistic_attempts: int
+) -> AsyncIterator[EventStore]:
+    store = EventStore(pool, schema, poll_interval=0.2, optimistic_attempts=optimistic_attempts)
     yield store
     await store.close()

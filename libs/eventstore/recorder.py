@@ -141,6 +141,15 @@ class _Queries:
         """
         self.lock_and_check = self.lock_and_check.format(checks=self.checks)
         self.recheck = f"SELECT * FROM ({self.checks}) AS checks"
+        # The optimistic path reads the same without a lock or a transaction: one
+        # snapshot holds the head and every event up to it, since both commit together.
+        self.check = f"""
+            SELECT 0 AS kind, NULL::uuid AS id, last_position AS n,
+                   greatest(clock_timestamp(), last_recorded_at) AS at,
+                   NULL::bytea AS hash, NULL::uuid AS command_id, last_position AS visible
+            FROM {s}.stored_events_head
+            UNION ALL {self.checks}
+        """
         self.insert_and_advance = f"""
             WITH inserted AS (
                 INSERT INTO {s}.stored_events ({INSERT_COLUMNS})
@@ -149,6 +158,23 @@ class _Queries:
                     $10::bytea[])
             )
             UPDATE {s}.stored_events_head SET last_position = $11, last_recorded_at = $12
+        """
+        # ...and then writes in one statement (its own transaction) only if the head is
+        # still where the check saw it; otherwise nothing is written and it returns 0.
+        # The head row is locked only while this statement runs and commits.
+        self.insert_if_head_unmoved = f"""
+            WITH advanced AS (
+                UPDATE {s}.stored_events_head SET last_position = $11, last_recorded_at = $12
+                WHERE last_position = $13
+                RETURNING last_position
+            ), inserted AS (
+                INSERT INTO {s}.stored_events ({INSERT_COLUMNS})
+                SELECT * FROM unnest($1::int8[], $2::uuid[], $3::int8[], $4::text[],
+                    $5::bytea[], $6::timestamptz[], $7::uuid[], $8::text[], $9::text[],
+                    $10::bytea[])
+                WHERE EXISTS (SELECT FROM advanced)
+            )
+            SELECT count(*) FROM advanced
         """
         self.head_position = f"SELECT last_position FROM {s}.stored_events_head"
         self.command_events = (
@@ -189,10 +215,12 @@ class EventStore:
         max_batch_events: int = 5000,
         poll_interval: float = 1.0,
         notify: bool = True,
+        optimistic_attempts: int = 3,
     ) -> None:
         self.pool = pool
         self.schema = schema
         self.max_batch_events = max_batch_events
+        self.optimistic_attempts = optimistic_attempts
         self.poll_interval = poll_interval
         self._notify = notify
         self._q = _Queries(schema)
@@ -202,6 +230,7 @@ class EventStore:
         self._notifier: asyncio.Task[None] | None = None
         self._notify_wanted = asyncio.Event()
         self._closed = False
+        self.lost_races = 0  # optimistic writes that found the head moved, for tests
         self.wakeups = Wakeups(pool, self._q.notify_channel)
 
     # ----------------------------------------------------------------- set-up / tear-down
@@ -323,92 +352,43 @@ class EventStore:
                     self._notifier = asyncio.create_task(self._run_notifier())
 
     async def _write_batch(self, batch: list[_PendingAppend]) -> list[AppendResult | Exception]:
+        """Writes a group of appends in one transaction.
+
+        First optimistically, in two statements and no explicit transaction: read the
+        head, stream heads and earlier commands; then write only if the head has not
+        moved. Only another process's writer can move it, so after `optimistic_attempts`
+        lost races the group takes the head-row lock instead (four round trips), which
+        always makes progress."""
         conn = await self._writer_connection()
         q = self._q
         stream_ids = list({e.originator_id for p in batch for e in p.events})
         command_ids = list({p.metadata.command_id for p in batch if p.metadata.command_id})
+        for _ in range(self.optimistic_attempts):
+            rows = await conn.fetch(q.check, stream_ids, command_ids)
+            plan = _plan(batch, rows)
+            if not plan.columns[0]:
+                return plan.outcomes
+            advanced = await conn.fetchval(
+                q.insert_if_head_unmoved,
+                *plan.columns,
+                plan.last_position,
+                plan.recorded_at,
+                plan.head_position,
+            )
+            if advanced:
+                return plan.outcomes
+            self.lost_races += 1
         async with conn.transaction():
             rows = await conn.fetch(q.lock_and_check, stream_ids, command_ids)
-            _, _, position, recorded_at, _, _, visible = next(r for r in rows if r[0] == 0)
-            if visible != position:
-                rows = await conn.fetch(q.recheck, stream_ids, command_ids)
-            recorded_micros = to_micros(recorded_at)
-            heads: dict[UUID, tuple[int, bytes]] = {}
-            earlier: dict[UUID, list[_Written]] = {}
-            for kind, stream_id, version, at, digest, command_id, written_position in rows:
-                if kind == 1:
-                    heads[stream_id] = (version, digest or GENESIS)
-                elif kind == 2:
-                    earlier.setdefault(command_id, []).append(
-                        _Written(written_position, stream_id, version, at)
-                    )
-            for written in earlier.values():
-                written.sort()
-
-            columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [], [])
-            outcomes: list[AppendResult | Exception] = []
-            in_batch: dict[UUID, AppendResult] = {}
-            for pending in batch:
-                meta = pending.metadata
-                if meta.command_id in earlier:
-                    outcomes.append(_result_from_rows(earlier[meta.command_id]))
-                    continue
-                if meta.command_id in in_batch:
-                    original = in_batch[meta.command_id]
-                    outcomes.append(_as_duplicate(original))
-                    continue
-                conflict = _conflict(pending, heads)
-                if conflict is not None:
-                    outcomes.append(conflict)
-                    continue
-                positions: list[int] = []
-                stream_heads: dict[UUID, int] = {}
-                for event in pending.events:
-                    position += 1
-                    previous = heads.get(event.originator_id, (0, GENESIS))[1]
-                    digest = event_hash(
-                        previous,
-                        originator_id=event.originator_id,
-                        originator_version=event.originator_version,
-                        position=position,
-                        topic=event.topic,
-                        state=event.state,
-                        recorded_micros=recorded_micros,
-                        command_id=meta.command_id,
-                        actor=meta.actor,
-                        trace_id=meta.trace_id,
-                    )
-                    heads[event.originator_id] = (event.originator_version, digest)
-                    stream_heads[event.originator_id] = event.originator_version
-                    positions.append(position)
-                    for column, value in zip(
-                        columns,
-                        (
-                            position,
-                            event.originator_id,
-                            event.originator_version,
-                            event.topic,
-                            event.state,
-                            recorded_at,
-                            meta.command_id,
-                            meta.actor,
-                            meta.trace_id,
-                            digest,
-                        ),
-                        strict=True,
-                    ):
-                        column.append(value)
-                result = AppendResult(
-                    positions=tuple(positions),
-                    streams=tuple(StreamHead(s, v) for s, v in stream_heads.items()),
-                    recorded_at=recorded_at,
+            head = next(r for r in rows if r[0] == 0)
+            if head["visible"] != head["n"]:
+                rows = [head, *await conn.fetch(q.recheck, stream_ids, command_ids)]
+            plan = _plan(batch, rows)
+            if plan.columns[0]:
+                await conn.execute(
+                    q.insert_and_advance, *plan.columns, plan.last_position, plan.recorded_at
                 )
-                if meta.command_id is not None:
-                    in_batch[meta.command_id] = result
-                outcomes.append(result)
-            if columns[0]:
-                await conn.execute(q.insert_and_advance, *columns, position, recorded_at)
-        return outcomes
+        return plan.outcomes
 
     async def _writer_connection(self) -> asyncpg.pool.PoolConnectionProxy:
         if self._writer_conn is None:
@@ -572,6 +552,98 @@ def _conflict(
                 event.originator_id, event.originator_version - 1, current_version
             )
     return None
+
+
+class _Plan(NamedTuple):
+    """What a group of appends will write, decided against what the check read."""
+
+    outcomes: list[AppendResult | Exception]
+    columns: tuple[list[Any], ...]
+    head_position: int
+    last_position: int
+    recorded_at: datetime
+
+
+def _plan(batch: list[_PendingAppend], rows: Sequence[asyncpg.Record]) -> _Plan:
+    """Decides each append of the group: an earlier command's result, a conflict, or new
+    events at the next positions, chained onto each stream's hash."""
+    (head,) = (r for r in rows if r[0] == 0)
+    head_position = position = head[2]
+    recorded_at = head[3]
+    recorded_micros = to_micros(recorded_at)
+    heads: dict[UUID, tuple[int, bytes]] = {}
+    earlier: dict[UUID, list[_Written]] = {}
+    for kind, stream_id, version, at, digest, command_id, written_position in rows:
+        if kind == 1:
+            heads[stream_id] = (version, digest or GENESIS)
+        elif kind == 2:
+            earlier.setdefault(command_id, []).append(
+                _Written(written_position, stream_id, version, at)
+            )
+    for written in earlier.values():
+        written.sort()
+
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [], [])
+    outcomes: list[AppendResult | Exception] = []
+    in_batch: dict[UUID, AppendResult] = {}
+    for pending in batch:
+        meta = pending.metadata
+        if meta.command_id in earlier:
+            outcomes.append(_result_from_rows(earlier[meta.command_id]))
+            continue
+        if meta.command_id in in_batch:
+            outcomes.append(_as_duplicate(in_batch[meta.command_id]))
+            continue
+        conflict = _conflict(pending, heads)
+        if conflict is not None:
+            outcomes.append(conflict)
+            continue
+        positions: list[int] = []
+        stream_heads: dict[UUID, int] = {}
+        for event in pending.events:
+            position += 1
+            previous = heads.get(event.originator_id, (0, GENESIS))[1]
+            digest = event_hash(
+                previous,
+                originator_id=event.originator_id,
+                originator_version=event.originator_version,
+                position=position,
+                topic=event.topic,
+                state=event.state,
+                recorded_micros=recorded_micros,
+                command_id=meta.command_id,
+                actor=meta.actor,
+                trace_id=meta.trace_id,
+            )
+            heads[event.originator_id] = (event.originator_version, digest)
+            stream_heads[event.originator_id] = event.originator_version
+            positions.append(position)
+            for column, value in zip(
+                columns,
+                (
+                    position,
+                    event.originator_id,
+                    event.originator_version,
+                    event.topic,
+                    event.state,
+                    recorded_at,
+                    meta.command_id,
+                    meta.actor,
+                    meta.trace_id,
+                    digest,
+                ),
+                strict=True,
+            ):
+                column.append(value)
+        result = AppendResult(
+            positions=tuple(positions),
+            streams=tuple(StreamHead(s, v) for s, v in stream_heads.items()),
+            recorded_at=recorded_at,
+        )
+        if meta.command_id is not None:
+            in_batch[meta.command_id] = result
+        outcomes.append(result)
+    return _Plan(outcomes, columns, head_position, position, recorded_at)
 
 
 class _Written(NamedTuple):

@@ -137,12 +137,17 @@ async def test_a_closed_store_refuses_appends(pool, schema):
         await store.append(events(uuid4(), [1]))
 
 
+@pytest.mark.parametrize(
+    "optimistic_attempts", [3, 1, 0], ids=["optimistic", "optimistic-then-lock", "locking"]
+)
 async def test_an_append_that_waited_for_another_writer_checks_against_its_events(
-    store, pool, schema
+    pool, schema, optimistic_attempts
 ):
     # Another process holds the head lock and writes version 1 of a stream; our append of
     # version 2 starts meanwhile, waits for the lock, and must chain onto that version 1,
-    # which its statement's snapshot (taken before the wait) could not see.
+    # which its statement's snapshot (taken before the wait) could not see. With one
+    # optimistic attempt, the lost race sends the retry down the locking path.
+    store = EventStore(pool, schema, optimistic_attempts=optimistic_attempts)
     from libs.eventstore import audit_store
     from libs.eventstore.hashchain import GENESIS, event_hash
     from libs.eventstore.records import to_micros
@@ -190,5 +195,9 @@ async def test_an_append_that_waited_for_another_writer_checks_against_its_event
         await tx.commit()
     result = await asyncio.wait_for(ours, 5)
     assert result.positions == (head + 2,)
+    # Optimistically, the first write found the head moved and wrote nothing; the
+    # retry read the other writer's event. Locking, the lock wait did the same.
+    assert store.lost_races == (1 if optimistic_attempts else 0)
     report = await audit_store(store)
     assert report.intact, report.problems
+    await store.close()

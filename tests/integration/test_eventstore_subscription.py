@@ -29,11 +29,15 @@ async def _caught_up(seen: list, head: int, progressed: asyncio.Event) -> None:
 
 @pytest.mark.parametrize("run", range(3))
 async def test_a_tailing_subscriber_sees_each_event_once_despite_races_rollbacks_and_open_txns(
-    pool, schema, run
+    pool, schema, run, optimistic_attempts
 ):
     # Two stores on one schema stand for two processes, each with its own writer task.
-    process_a = EventStore(pool, schema, poll_interval=0.05)
-    process_b = EventStore(pool, schema, poll_interval=0.05)
+    process_a = EventStore(
+        pool, schema, poll_interval=0.05, optimistic_attempts=optimistic_attempts
+    )
+    process_b = EventStore(
+        pool, schema, poll_interval=0.05, optimistic_attempts=optimistic_attempts
+    )
     reader = EventStore(pool, schema, poll_interval=0.05)
     acknowledged: set[tuple] = set()
     rng = random.Random(run)
