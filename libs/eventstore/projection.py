@@ -4,6 +4,7 @@ past an event it did not apply."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -38,12 +39,14 @@ class ProjectionRunner:
         *,
         upstream: str | None = None,
         batch_size: int = 1000,
+        batch_interval: float = 0.0,
     ) -> None:
         self.projection = projection
         self.source = source
         self.tracking = tracking
         self.upstream = upstream or source.schema
         self.batch_size = batch_size
+        self.batch_interval = batch_interval
 
     async def position(self) -> int:
         return await self.tracking.position(self.projection.name, self.upstream) or 0
@@ -55,10 +58,19 @@ class ProjectionRunner:
             await self.projection.apply(conn, batch)
 
     async def run(self) -> None:
-        """Catches up, then follows the source until cancelled."""
+        """Catches up, then follows the source until cancelled.
+
+        With a `batch_interval`, batches start at least that many seconds apart: an
+        event after a quiet spell is applied at once, but under steady writes events
+        gather into fewer, larger batches (each batch is a transaction and several
+        round trips), at the cost of up to that much more lag."""
+        loop = asyncio.get_running_loop()
         after = await self.position()
         async for batch in self.source.subscribe_batches(after, batch_size=self.batch_size):
+            started = loop.time()
             await self._apply(batch)
+            if self.batch_interval:
+                await asyncio.sleep(max(0.0, started + self.batch_interval - loop.time()))
 
     async def catch_up(
         self, *, upto: int | None = None, progress: Callable[[int, int], None] | None = None

@@ -216,11 +216,13 @@ class EventStore:
         poll_interval: float = 1.0,
         notify: bool = True,
         optimistic_attempts: int = 3,
+        notify_interval: float = 0.005,
     ) -> None:
         self.pool = pool
         self.schema = schema
         self.max_batch_events = max_batch_events
         self.optimistic_attempts = optimistic_attempts
+        self.notify_interval = notify_interval
         self.poll_interval = poll_interval
         self._notify = notify
         self._q = _Queries(schema)
@@ -407,14 +409,20 @@ class EventStore:
     async def _run_notifier(self) -> None:
         # One NOTIFY per burst of commits, sent outside the write transactions: PostgreSQL
         # serialises notifying commits across the cluster, so it must not sit in each.
+        # Under steady load, at most one per `notify_interval`: subscribers in other
+        # processes learn of new events that much later at worst, and this process's
+        # subscribers are woken directly.
+        loop = asyncio.get_running_loop()
         while True:
             await self._notify_wanted.wait()
             self._notify_wanted.clear()
+            sent_at = loop.time()
             try:
                 await self.pool.execute("SELECT pg_notify($1, '')", self._q.notify_channel)
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as error:
                 log.warning("could not notify subscribers of %s: %s", self.schema, error)
                 await asyncio.sleep(self.poll_interval)  # they poll meanwhile
+            await asyncio.sleep(max(0.0, sent_at + self.notify_interval - loop.time()))
 
     # -------------------------------------------------------------------------- reading
 

@@ -102,6 +102,43 @@ async def test_wait_returns_once_the_projection_reaches_the_position(store, pool
         follower.cancel()
 
 
+class RecordingBatches(CountByTopic):
+    def __init__(self, schema: str) -> None:
+        super().__init__(schema)
+        self.batch_sizes: list[int] = []
+
+    async def apply(self, conn, events) -> None:
+        self.batch_sizes.append(len(events))
+        await super().apply(conn, events)
+
+
+@pytest.mark.parametrize("batch_interval", [0.0, 0.1])
+async def test_a_batch_interval_gathers_steady_writes_into_fewer_batches(
+    store, pool, schema, batch_interval
+):
+    view = RecordingBatches(schema)
+    await view.create(pool)
+    tracking = TrackingStore(pool, schema)
+    runner = ProjectionRunner(view, store, tracking, batch_interval=batch_interval)
+    follower = asyncio.create_task(runner.run())
+    try:
+        for _ in range(20):  # one event every 10 ms for 200 ms
+            result = await store.append([StoredEvent(uuid4(), 1, "x", b"")])
+            await asyncio.sleep(0.01)
+        await tracking.wait("count_by_topic", schema, result.last_position, timeout=5)
+    finally:
+        follower.cancel()
+    assert await view.counts(pool) == {"x": 20}
+    assert sum(view.batch_sizes) == 20
+    if batch_interval:
+        # The first event after the quiet start is applied alone and at once; the rest
+        # arrive while the runner waits out its interval, so they come in a few batches.
+        assert view.batch_sizes[0] == 1 and len(view.batch_sizes) <= 8
+        assert max(view.batch_sizes) >= 3
+    else:
+        assert len(view.batch_sizes) >= 10
+
+
 async def test_a_rebuild_from_events_matches_the_live_view(store, pool, schema):
     view = CountByTopic(schema)
     await view.create(pool)

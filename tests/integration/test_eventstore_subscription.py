@@ -159,6 +159,38 @@ async def test_another_process_append_wakes_a_subscriber_through_notify(pool, sc
     assert reader.wakeups.notifications_received >= 1
 
 
+async def test_a_burst_of_appends_sends_few_notifications_and_the_last_one_arrives(pool, schema):
+    # 40 appends within a few ms: with a 200 ms notify interval, at most two NOTIFYs
+    # (the first at once, one more for the rest), yet the reader still sees every event
+    # promptly through NOTIFY alone.
+    writer = EventStore(pool, schema, notify_interval=0.2)
+    reader = EventStore(pool, schema, poll_interval=60)
+    received: list[int] = []
+
+    async def follow():
+        async for event in reader.subscribe():
+            received.append(event.position)
+            if event.position == 41:
+                return
+
+    task = asyncio.create_task(follow())
+    try:
+        await writer.append([StoredEvent(uuid4(), 1, "t", b"first")])
+        while not received:  # noqa: ASYNC110 - waits for the reader to be listening
+            await asyncio.sleep(0.01)
+        before = reader.wakeups.notifications_received
+        await asyncio.gather(
+            *(writer.append([StoredEvent(uuid4(), 1, "t", b"")]) for _ in range(40))
+        )
+        await asyncio.wait_for(task, 5)
+    finally:
+        task.cancel()
+        await writer.close()
+        await reader.close()
+    assert received == list(range(1, 42))
+    assert 1 <= reader.wakeups.notifications_received - before <= 2
+
+
 async def test_read_all_filters_by_topic_and_bounds(store):
     for topic in ["a", "b", "a", "c"]:
         await store.append([StoredEvent(uuid4(), 1, topic, b"")])
