@@ -7,7 +7,8 @@ machine-readable `name=value` lines.
 - SearchPeople p50/p99 over 1,000 mixed queries through gRPC (exact identifier, name and
   date of birth, misspelt name), one at a time.
 - RegisterPerson commands/s through gRPC with 16 concurrent clients, next to a gRPC echo
-  server's requests/s measured in the same run with the same 16 clients.
+  server's requests/s measured in the same run with the same 16 clients (alternating,
+  twice each), with the server's and PostgreSQL's CPU time per call.
 - Precision and recall at the default threshold on a labelled synthetic set.
 """
 
@@ -19,6 +20,7 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import uuid4
 
@@ -43,6 +45,7 @@ PEOPLE = int(os.environ.get("BENCH_PEOPLE", "1000000"))
 QUERIES = 1000
 CLIENTS = 16
 DURATION = float(os.environ.get("BENCH_SECONDS", "5"))
+ROUNDS = 2
 CHUNK = 2000
 SECRET = "bench-secret-long-enough-for-hs256-signing"
 
@@ -140,9 +143,47 @@ async def bench_search(stub, metadata, queries) -> list[float]:
     return latencies
 
 
-async def load_from_another_process(port: int, kind: str, token: str = "") -> float:
+@dataclass(frozen=True)
+class Load:
+    """A load run's rate, and the CPU each call cost this process (the server under
+    test) and the local PostgreSQL server, when it runs on this machine."""
+
+    rate: float
+    server_cpu_ms: float
+    database_cpu_ms: float | None
+
+
+def postgres_cpu_seconds() -> float | None:
+    """CPU time used so far by local PostgreSQL processes (None when none are local)."""
+    total, found = 0, False
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name, fields = stat[: stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if "postgres" in name:
+            found = True
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK") if found else None
+
+
+def mean_load(loads: list[Load]) -> Load:
+    databases = [load.database_cpu_ms for load in loads]
+    return Load(
+        statistics.fmean(load.rate for load in loads),
+        statistics.fmean(load.server_cpu_ms for load in loads),
+        None if None in databases else statistics.fmean(databases),  # type: ignore[arg-type]
+    )
+
+
+async def load_from_another_process(
+    port: int, kind: str, token: str = "", *, first: int = 50_000_000
+) -> Load:
     """Drives `port` from a separate client process (bench/load_client.py), so client and
     server do not share a core; the echo baseline is driven the same way."""
+    cpu_before, database_before = time.process_time(), postgres_cpu_seconds()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -155,16 +196,26 @@ async def load_from_another_process(port: int, kind: str, token: str = "") -> fl
         str(CLIENTS),
         "--seconds",
         str(DURATION),
+        "--first",
+        str(first),
         env={**os.environ, "BENCH_TOKEN": token},
         stdout=asyncio.subprocess.PIPE,
     )
     output, _ = await process.communicate()
     if process.returncode != 0:
         raise RuntimeError(f"load client failed: {output.decode()}")
-    return float(output.decode().strip().rsplit("rate=", 1)[1])
+    cpu, database_after = time.process_time() - cpu_before, postgres_cpu_seconds()
+    figures = dict(pair.split("=") for pair in output.decode().split())
+    calls = int(figures["calls"])
+    database_ms = (
+        (database_after - database_before) / calls * 1000
+        if database_before is not None and database_after is not None
+        else None
+    )
+    return Load(float(figures["rate"]), cpu / calls * 1000, database_ms)
 
 
-async def bench_echo() -> float:
+async def bench_echo() -> Load:
     async def echo(request, context):
         return request
 
@@ -185,9 +236,9 @@ async def bench_echo() -> float:
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    rate = await load_from_another_process(port, "echo")
+    load = await load_from_another_process(port, "echo")
     await server.stop(0)
-    return rate
+    return load
 
 
 async def bench_quality(pool) -> tuple[float, float, int, int]:
@@ -235,12 +286,22 @@ async def run(dsn: str) -> None:
             stub = identity_pb2_grpc.IdentityServiceStub(channel)
             progress(f"{QUERIES:,} searches against {PEOPLE:,} people")
             latencies = await bench_search(stub, metadata, mixed_queries(people, random.Random(9)))
-        progress(f"echo baseline, {CLIENTS} clients in another process")
-        echo_rate = await bench_echo()
-        progress(f"RegisterPerson, {CLIENTS} clients in another process")
-        register_rate = await load_from_another_process(
-            port, "register", verifier.mint("bench", ["identity.write"])
-        )
+        # This machine's speed drifts by tens of percent over seconds, so echo and
+        # RegisterPerson alternate, ROUNDS times each, and their means are compared.
+        echoes, registers = [], []
+        for round_ in range(ROUNDS):
+            progress(f"echo baseline, {CLIENTS} clients in another process ({round_ + 1})")
+            echoes.append(await bench_echo())
+            progress(f"RegisterPerson, {CLIENTS} clients in another process ({round_ + 1})")
+            registers.append(
+                await load_from_another_process(
+                    port,
+                    "register",
+                    verifier.mint("bench", ["identity.write"]),
+                    first=50_000_000 + round_ * 5_000_000,
+                )
+            )
+        echo, register = mean_load(echoes), mean_load(registers)
         await server.stop(1)
         await identity.close()
         progress("match quality on a labelled synthetic set")
@@ -249,6 +310,7 @@ async def run(dsn: str) -> None:
         await pool.close()
 
     quantiles = statistics.quantiles(latencies, n=100)
+    echo_rate, register_rate = echo.rate, register.rate
     print(f"\nIdentity benchmark — {PEOPLE:,} people, {os.cpu_count()} cores")
     rows = [
         ("bulk load through the event store (people/s)", append_rate, ""),
@@ -267,7 +329,11 @@ async def run(dsn: str) -> None:
             "",
         ),
         (f"recall at {DEFAULT_THRESHOLD}", recall, ""),
+        ("server CPU per echo call (ms)", echo.server_cpu_ms, "all threads"),
+        ("server CPU per RegisterPerson (ms)", register.server_cpu_ms, "all threads"),
     ]
+    if register.database_cpu_ms is not None:
+        rows.append(("PostgreSQL CPU per RegisterPerson (ms)", register.database_cpu_ms, ""))
     for label, value, note in rows:
         print(f"{label:<58}{value:>14,.3f}  {note}")
     print()

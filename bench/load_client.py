@@ -1,6 +1,6 @@
 """A load client in its own process, so the server under test has its core to itself:
 `python -m bench.load_client --port P --kind echo|register --clients 16 --seconds 5`.
-Prints `rate=<calls per second>`."""
+Prints `calls=<all calls made, warm-up included> rate=<calls per second after warm-up>`."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ def noms_value(n: int) -> str:
     return f"{LETTERS[first % 24]}{middle:04d}{LETTERS[tail // 24]}{LETTERS[tail % 24]}"
 
 
-async def run(port: int, kind: str, clients: int, seconds: float, token: str, first: int) -> float:
+async def run(
+    port: int, kind: str, clients: int, seconds: float, token: str, first: int
+) -> tuple[int, float]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         if kind == "echo":
             echo = channel.unary_unary(
@@ -68,7 +70,7 @@ async def run(port: int, kind: str, clients: int, seconds: float, token: str, fi
 
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
-        return done[0] / (time.perf_counter() - started)
+        return clients + done[0], done[0] / (time.perf_counter() - started)
 
 
 if __name__ == "__main__":
@@ -80,5 +82,7 @@ if __name__ == "__main__":
     parser.add_argument("--first", type=int, default=50_000_000)
     args = parser.parse_args()
     token = os.environ.get("BENCH_TOKEN", "")
-    rate = asyncio.run(run(args.port, args.kind, args.clients, args.seconds, token, args.first))
-    print(f"rate={rate:.1f}")
+    calls, rate = asyncio.run(
+        run(args.port, args.kind, args.clients, args.seconds, token, args.first)
+    )
+    print(f"calls={calls} rate={rate:.1f}")
