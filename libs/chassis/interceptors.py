@@ -68,29 +68,14 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             )
         return actor, None
 
-    async def _enter(self, method: str, context: grpc.aio.ServicerContext) -> tuple[Any, Any]:
-        """Refuses the call, or binds its actor and trace id and returns the tokens that
-        unbind them."""
-        metadata = dict(context.invocation_metadata() or ())
-        actor, refusal = self._authorise(method, metadata)
-        if refusal is not None:
-            await context.abort_with_status(to_grpc_status(refusal))
-        return current_actor.set(actor), current_trace_id.set(request_trace_id(metadata))
-
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        enter = self._enter
+        authorise = self._authorise
         if handler.unary_unary:
             inner = handler.unary_unary
 
             async def unary_unary(request, context):
-                actor_token, trace_token = await enter(method, context)
-                try:
+                async with _CallScope(authorise, method, context):
                     return await inner(request, context)
-                except Exception as error:
-                    await _abort_for(error, context)
-                finally:
-                    current_actor.reset(actor_token)
-                    current_trace_id.reset(trace_token)
 
             make = grpc.unary_unary_rpc_method_handler
             behaviour = unary_unary
@@ -98,15 +83,9 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def unary_stream(request, context):
-                actor_token, trace_token = await enter(method, context)
-                try:
+                async with _CallScope(authorise, method, context):
                     async for response in inner_stream(request, context):
                         yield response
-                except Exception as error:
-                    await _abort_for(error, context)
-                finally:
-                    current_actor.reset(actor_token)
-                    current_trace_id.reset(trace_token)
 
             make = grpc.unary_stream_rpc_method_handler
             behaviour = unary_stream
@@ -119,10 +98,31 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
-async def _abort_for(error: Exception, context: grpc.aio.ServicerContext) -> None:
-    """Ends the call with the status for a domain error; re-raises anything else (gRPC
-    reports it as UNKNOWN)."""
-    status = status_for(error)
-    if status is None:
-        raise error
-    await context.abort_with_status(to_grpc_status(status))
+class _CallScope:
+    """Refuses the call, or runs it with its actor and trace id bound and domain errors
+    turned into statuses. Unknown errors propagate (gRPC reports them as UNKNOWN)."""
+
+    __slots__ = ("_authorise", "_context", "_method", "_tokens")
+
+    def __init__(self, authorise, method: str, context: grpc.aio.ServicerContext) -> None:
+        self._authorise = authorise
+        self._method = method
+        self._context = context
+
+    async def __aenter__(self) -> None:
+        metadata = dict(self._context.invocation_metadata() or ())
+        actor, refusal = self._authorise(self._method, metadata)
+        if refusal is not None:
+            await self._context.abort_with_status(to_grpc_status(refusal))
+        self._tokens = (
+            current_actor.set(actor),
+            current_trace_id.set(request_trace_id(metadata)),
+        )
+
+    async def __aexit__(self, kind, error, traceback) -> bool:
+        actor_token, trace_token = self._tokens
+        current_actor.reset(actor_token)
+        current_trace_id.reset(trace_token)
+        if isinstance(error, Exception) and (status := status_for(error)) is not None:
+            await self._context.abort_with_status(to_grpc_status(status))
+        return False
