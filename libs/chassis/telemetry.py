@@ -2,8 +2,8 @@
 THROUGHLINE_TRACES_EXPORTER: "none" (the default), "console", or "otlp" (configured by the
 standard OTEL_EXPORTER_OTLP_* variables).
 
-With "none", nothing is instrumented: the gRPC and asyncpg instrumentation cost about a
-fifth of a command's time even when every span is dropped. Each request still gets a
+With "none", nothing is instrumented: the gRPC and asyncpg instrumentation cost a
+measurable share of every call even when every span is dropped. Each request still gets a
 trace id that its events keep: the caller's, read from the W3C `traceparent` header
 when it sends one, or a fresh random one."""
 

@@ -232,7 +232,7 @@ class EventStore:
         self._notifier: asyncio.Task[None] | None = None
         self._notify_wanted = asyncio.Event()
         self._closed = False
-        self.lost_races = 0  # optimistic writes that found the head moved, for tests
+        self.lost_races = 0  # optimistic writes that found the head moved: contention
         self.wakeups = Wakeups(pool, self._q.notify_channel)
 
     # ----------------------------------------------------------------- set-up / tear-down

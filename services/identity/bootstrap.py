@@ -23,7 +23,8 @@ from services.identity.search_index import SearchIndex, create_search_index
 
 SCHEMA = "identity"
 # Under steady registrations the search index gathers about 5 ms of events per batch
-# rather than one person at a time, a fifth less CPU per command for up to 5 ms more lag.
+# rather than one or two people at a time: measured, about 8% less service CPU and 15%
+# less PostgreSQL CPU per RegisterPerson, for up to 5 ms more index lag.
 BATCH_INTERVAL = 0.005
 
 
