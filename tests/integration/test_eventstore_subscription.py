@@ -166,18 +166,19 @@ async def test_a_burst_of_appends_sends_few_notifications_and_the_last_one_arriv
     writer = EventStore(pool, schema, notify_interval=0.2)
     reader = EventStore(pool, schema, poll_interval=60)
     received: list[int] = []
+    listening = asyncio.Event()
 
     async def follow():
         async for event in reader.subscribe():
             received.append(event.position)
+            listening.set()
             if event.position == 41:
                 return
 
     task = asyncio.create_task(follow())
     try:
         await writer.append([StoredEvent(uuid4(), 1, "t", b"first")])
-        while not received:  # noqa: ASYNC110 - waits for the reader to be listening
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(listening.wait(), 5)  # the reader is listening and caught up
         before = reader.wakeups.notifications_received
         await asyncio.gather(
             *(writer.append([StoredEvent(uuid4(), 1, "t", b"")]) for _ in range(40))
