@@ -1,6 +1,10 @@
 """Runs a projection over a store's events: each batch is applied and its position
-recorded in one transaction. An error stops the projection where it is; it never moves
-past an event it did not apply."""
+recorded in one transaction, so it never moves past an event it did not apply.
+
+`catch_up` and `rebuild` stop at the first error and raise it. `run`, which follows the
+store for as long as the service lives, outlasts errors: it logs each, waits, and resumes
+from the recorded position, so a PostgreSQL restart delays the view but never leaves it
+behind for good."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import asyncpg
 
 from libs.eventstore.recorder import EventStore
 from libs.eventstore.records import RecordedEvent
-from libs.eventstore.tracking import TrackingStore
+from libs.eventstore.tracking import TrackingConflictError, TrackingStore
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,8 @@ class ProjectionRunner:
         upstream: str | None = None,
         batch_size: int = 1000,
         batch_interval: float = 0.0,
+        retry_initial: float = 0.05,
+        retry_max: float = 5.0,
     ) -> None:
         self.projection = projection
         self.source = source
@@ -47,15 +53,22 @@ class ProjectionRunner:
         self.upstream = upstream or source.schema
         self.batch_size = batch_size
         self.batch_interval = batch_interval
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.failures = 0  # errors `run` has outlasted so far
+        self.last_error: BaseException | None = None
+        self._retry_delay = retry_initial
 
     async def position(self) -> int:
         return await self.tracking.position(self.projection.name, self.upstream) or 0
 
-    async def _apply(self, batch: Sequence[RecordedEvent]) -> None:
+    async def _apply(self, after: int, batch: Sequence[RecordedEvent]) -> int:
+        """Applies the events that follow position `after`; returns the new position."""
         async with self.tracking.transaction(
-            self.projection.name, self.upstream, batch[-1].position
+            self.projection.name, self.upstream, batch[-1].position, after=after
         ) as conn:
             await self.projection.apply(conn, batch)
+        return batch[-1].position
 
     async def run(self) -> None:
         """Catches up, then follows the source until cancelled.
@@ -63,12 +76,41 @@ class ProjectionRunner:
         With a `batch_interval`, batches start at least that many seconds apart: an
         event after a quiet spell is applied at once, but under steady writes events
         gather into fewer, larger batches (each batch is a transaction and several
-        round trips), at the cost of up to that much more lag."""
+        round trips), at the cost of up to that much more lag.
+
+        An error does not end it. PostgreSQL going away, a batch the projection cannot
+        apply yet, or another runner (a second replica) recording the batch first: the
+        failed batch's transaction rolls back, the error is logged, and after a pause
+        (from `retry_initial` seconds, doubling to `retry_max`, back to the start after a
+        batch applies) the runner resumes from the recorded position. An event the
+        projection can never apply is retried, and logged, until someone fixes it: the
+        view never skips an event."""
+        while True:
+            try:
+                await self._follow()
+            except TrackingConflictError as conflict:
+                # Another runner applied this batch first; carry on from where it got to.
+                log.info("projection %s: %s; resuming", self.projection.name, conflict)
+            except Exception as error:  # any failure is retried: the view must not stop
+                self.failures += 1
+                self.last_error = error
+                log.error(
+                    "projection %s failed (%d so far), retrying in %.2fs: %r",
+                    self.projection.name,
+                    self.failures,
+                    self._retry_delay,
+                    error,
+                )
+                await asyncio.sleep(self._retry_delay)
+                self._retry_delay = min(self._retry_delay * 2, self.retry_max)
+
+    async def _follow(self) -> None:
         loop = asyncio.get_running_loop()
         after = await self.position()
         async for batch in self.source.subscribe_batches(after, batch_size=self.batch_size):
             started = loop.time()
-            await self._apply(batch)
+            after = await self._apply(after, batch)
+            self._retry_delay = self.retry_initial
             if self.batch_interval:
                 await asyncio.sleep(max(0.0, started + self.batch_interval - loop.time()))
 
@@ -83,8 +125,7 @@ class ProjectionRunner:
             batch = await self.source.read_all(after, self.batch_size, upto=target)
             if not batch:
                 break
-            await self._apply(batch)
-            after = batch[-1].position
+            after = await self._apply(after, batch)
             if progress:
                 progress(after, target)
         return after

@@ -34,6 +34,20 @@ class TrackingStore:
             f"SET position = excluded.position, updated_at = clock_timestamp() "
             f"WHERE t.position < excluded.position RETURNING position"
         )
+        # Only from exactly `after` ($4): a runner that read events after position 5 may
+        # record 9 only if the view is still at 5. Advancing alone is not enough when two
+        # runners follow one projection (two replicas of a service): one applies 6..7
+        # while the other applies 6..9, and 6 and 7 would be applied twice.
+        self._first = (
+            f"INSERT INTO {s}.projection_tracking AS t (projection, upstream, position) "
+            f"VALUES ($1, $2, $3) ON CONFLICT (projection, upstream) DO UPDATE "
+            f"SET position = excluded.position, updated_at = clock_timestamp() "
+            f"WHERE t.position = 0 RETURNING position"
+        )
+        self._advance_from = (
+            f"UPDATE {s}.projection_tracking SET position = $3, updated_at = clock_timestamp() "
+            f"WHERE projection = $1 AND upstream = $2 AND position = $4 RETURNING position"
+        )
         self._delete = f"DELETE FROM {s}.projection_tracking WHERE projection = $1"
         self._advanced = asyncio.Condition()
 
@@ -45,27 +59,47 @@ class TrackingStore:
         return {row["upstream"]: row["position"] for row in rows}
 
     async def record(
-        self, conn: asyncpg.Connection, projection: str, upstream: str, position: int
+        self,
+        conn: asyncpg.Connection,
+        projection: str,
+        upstream: str,
+        position: int,
+        *,
+        after: int | None = None,
     ) -> None:
-        """Moves the projection to `position` inside the caller's transaction.
+        """Moves the projection to `position` inside the caller's transaction; with
+        `after`, only from exactly that position (0: never recorded).
 
-        Raises TrackingConflictError if it is already there or beyond: the caller's
-        transaction must then roll back, so nothing is applied twice."""
-        recorded = await conn.fetchval(self._upsert, projection, upstream, position)
-        if recorded is None:
+        Raises TrackingConflictError if it is already at or beyond `position`, or not at
+        `after`: the caller's transaction must then roll back, so nothing is applied
+        twice."""
+        if after is None:
+            recorded = await conn.fetchval(self._upsert, projection, upstream, position)
+        elif after == 0:
+            recorded = await conn.fetchval(self._first, projection, upstream, position)
+        else:
+            recorded = await conn.fetchval(
+                self._advance_from, projection, upstream, position, after
+            )
+        if recorded is None and after is None:
             raise TrackingConflictError(
                 f"projection {projection!r} has already applied {upstream!r} "
                 f"up to or beyond position {position}"
             )
+        if recorded is None:
+            raise TrackingConflictError(
+                f"projection {projection!r} is no longer at {upstream!r} position {after}, "
+                f"so it cannot move from there to {position}: another runner moved it"
+            )
 
     @contextlib.asynccontextmanager
     async def transaction(
-        self, projection: str, upstream: str, position: int
+        self, projection: str, upstream: str, position: int, *, after: int | None = None
     ) -> AsyncIterator[asyncpg.Connection]:
         """A transaction in which the caller updates its view; the new position commits
-        with it, or neither does."""
+        with it, or neither does. See `record` for `after`."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await self.record(conn, projection, upstream, position)
+            await self.record(conn, projection, upstream, position, after=after)
             yield conn
         async with self._advanced:
             self._advanced.notify_all()

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 from uuid import uuid4
 
+import asyncpg
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from libs.eventstore import ProjectionRunner, TrackingConflictError, TrackingStore
+from libs.eventstore import EventStore, ProjectionRunner, TrackingConflictError, TrackingStore
 
 
 class CountByTopic:
@@ -86,6 +87,24 @@ async def test_recording_a_position_already_applied_is_refused(pool, schema):
     assert await tracking.positions("p") == {"up": 5}
 
 
+async def test_recording_from_a_position_needs_the_view_to_be_exactly_there(pool, schema):
+    tracking = TrackingStore(pool, schema)
+    with pytest.raises(TrackingConflictError):  # never recorded, so not at 3
+        async with tracking.transaction("p", "up", 5, after=3):
+            pass
+    async with tracking.transaction("p", "up", 3, after=0):
+        pass
+    with pytest.raises(TrackingConflictError):  # already past 0
+        async with tracking.transaction("p", "up", 5, after=0):
+            pass
+    with pytest.raises(TrackingConflictError):  # at 3, not 2, although 6 is ahead
+        async with tracking.transaction("p", "up", 6, after=2):
+            pass
+    async with tracking.transaction("p", "up", 6, after=3):
+        pass
+    assert await tracking.positions("p") == {"up": 6}
+
+
 async def test_wait_returns_once_the_projection_reaches_the_position(store, pool, schema):
     view = CountByTopic(schema)
     await view.create(pool)
@@ -149,3 +168,113 @@ async def test_a_rebuild_from_events_matches_the_live_view(store, pool, schema):
     live = await view.counts(pool)
     assert await runner.rebuild() == 7
     assert await view.counts(pool) == live == {"a": 3, "b": 2, "c": 1, "d": 1}
+
+
+class FailingAtFirst(CountByTopic):
+    """Refuses its first `failures` batches, as a view would while its database is down."""
+
+    def __init__(self, schema: str, failures: int) -> None:
+        super().__init__(schema)
+        self.failures_left = failures
+
+    async def apply(self, conn, events) -> None:
+        if self.failures_left:
+            self.failures_left -= 1
+            raise ConnectionResetError("the database went away")
+        await super().apply(conn, events)
+
+
+async def test_a_running_projection_outlasts_failures_and_applies_each_event_once(
+    store, pool, schema
+):
+    view = FailingAtFirst(schema, failures=3)
+    await view.create(pool)
+    tracking = TrackingStore(pool, schema)
+    runner = ProjectionRunner(view, store, tracking, retry_initial=0.01)
+    await _append_topics(store, ["a", "b", "a"])
+    follower = asyncio.create_task(runner.run())
+    try:
+        await tracking.wait("count_by_topic", schema, 3, timeout=5)
+        result = await store.append([StoredEvent(uuid4(), 1, "c", b"")])
+        await tracking.wait("count_by_topic", schema, result.last_position, timeout=5)
+    finally:
+        follower.cancel()
+    assert runner.failures == 3
+    assert isinstance(runner.last_error, ConnectionResetError)
+    assert await view.counts(pool) == {"a": 2, "b": 1, "c": 1}
+
+
+class SignallingFailure(CountByTopic):
+    def __init__(self, schema: str) -> None:
+        super().__init__(schema)
+        self.failed = asyncio.Event()
+
+    async def apply(self, conn, events) -> None:
+        try:
+            await super().apply(conn, events)
+        except asyncpg.PostgresError:
+            self.failed.set()
+            raise
+
+
+async def test_a_running_projection_resumes_once_postgresql_accepts_its_writes_again(
+    store, pool, schema
+):
+    view = SignallingFailure(schema)
+    await view.create(pool)
+    tracking = TrackingStore(pool, schema)
+    runner = ProjectionRunner(view, store, tracking, retry_initial=0.01, retry_max=0.05)
+    follower = asyncio.create_task(runner.run())
+    try:
+        first = await store.append([StoredEvent(uuid4(), 1, "a", b"")])
+        await tracking.wait("count_by_topic", schema, first.last_position, timeout=5)
+        # The view's table disappears: PostgreSQL refuses the next batch, for real.
+        await pool.execute(f'ALTER TABLE {view.table} RENAME TO "gone"')
+        second = await store.append([StoredEvent(uuid4(), 1, "b", b"")])
+        await asyncio.wait_for(view.failed.wait(), timeout=5)
+        assert await runner.position() == first.last_position
+        await pool.execute(f'ALTER TABLE "{schema}"."gone" RENAME TO count_by_topic')
+        await tracking.wait("count_by_topic", schema, second.last_position, timeout=5)
+    finally:
+        follower.cancel()
+    assert runner.failures >= 1
+    assert isinstance(runner.last_error, asyncpg.UndefinedTableError)
+    assert await view.counts(pool) == {"a": 1, "b": 1}
+
+
+class SlowCount(CountByTopic):
+    async def apply(self, conn, events) -> None:
+        await super().apply(conn, events)
+        await asyncio.sleep(0.005)  # holds the transaction open, widening the race
+
+
+async def test_two_runners_of_one_projection_apply_each_event_once(pool, schema):
+    """Two replicas of a service follow the same projection: batches race, and the
+    loser of each race rolls back and resumes from where the winner got to."""
+    view = SlowCount(schema)
+    await view.create(pool)
+    tracking = TrackingStore(pool, schema)
+    stores = [EventStore(pool, schema, poll_interval=0.05) for _ in range(2)]
+    runners = [
+        ProjectionRunner(view, stores[0], tracking, batch_size=3, retry_initial=0.001),
+        ProjectionRunner(view, stores[1], tracking, batch_size=7, retry_initial=0.001),
+    ]
+    followers = [asyncio.create_task(r.run()) for r in runners]
+    try:
+        for _burst in range(10):
+            written = await asyncio.gather(
+                *(
+                    stores[n % 2].append([StoredEvent(uuid4(), 1, f"t{n % 3}", b"")])
+                    for n in range(20)
+                )
+            )
+        head = max(w.last_position for w in written)
+        await tracking.wait("count_by_topic", schema, head, timeout=10)
+    finally:
+        for follower in followers:
+            follower.cancel()
+        for each in stores:
+            await each.close()
+    assert head == 200
+    assert sum((await view.counts(pool)).values()) == 200
+    assert runners[0].failures == runners[1].failures == 0
