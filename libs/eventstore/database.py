@@ -4,6 +4,35 @@ from __future__ import annotations
 
 import asyncpg
 
+# PostgreSQL going away or refusing sessions for now: worth retrying shortly.
+_UNAVAILABLE = (
+    asyncpg.PostgresConnectionError,  # class 08: the connection failed or was lost
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    ConnectionError,  # refused or reset before PostgreSQL said anything
+)
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """Whether `error` means PostgreSQL is unreachable or not serving for now, as opposed
+    to a query it refused."""
+    if isinstance(error, _UNAVAILABLE):
+        return True
+    # What asyncpg raises when a pooled connection it had handed out was lost.
+    return isinstance(error, asyncpg.InterfaceError) and "released back to the pool" in str(error)
+
+
+def session_ended(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
+    """Whether PostgreSQL has ended a pooled connection's session (a restart, a
+    terminated backend). asyncpg then returns the connection to the pool by itself and
+    detaches the proxy, whose methods raise from then on."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Nothing to reset: we set no session state, hold no session advisory locks, and

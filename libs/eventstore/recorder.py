@@ -24,6 +24,7 @@ from uuid import UUID
 import asyncpg
 from eventsourcing.persistence import StoredEvent
 
+from libs.eventstore.database import session_ended
 from libs.eventstore.errors import (
     ConcurrencyError,
     EventStoreClosedError,
@@ -313,7 +314,16 @@ class EventStore:
                     size += len(item.events)
                 batch = [p for p in batch if not p.future.done()]
                 if batch:
-                    await self._write(batch)
+                    try:
+                        await self._write(batch)
+                    except Exception as error:
+                        # Whatever went wrong, the writer must live on and no caller may
+                        # be left waiting: fail this group (a retry with the same command
+                        # id is safe) and start the next on a fresh connection.
+                        log.exception("event store %s: writing a group failed", self.schema)
+                        await self._release_writer_connection(broken=True)
+                        for pending in batch:
+                            _settle(pending, EventStoreError(f"append outcome unknown: {error}"))
         finally:
             await self._release_writer_connection()
             while not self._queue.empty():
@@ -393,6 +403,11 @@ class EventStore:
         return plan.outcomes
 
     async def _writer_connection(self) -> asyncpg.pool.PoolConnectionProxy:
+        if self._writer_conn is not None and session_ended(self._writer_conn):
+            # PostgreSQL ended the session while the writer was idle (a restart, or an
+            # idle-session timeout): nothing was in flight, so take a fresh connection
+            # rather than fail the next append.
+            await self._release_writer_connection(broken=True)
         if self._writer_conn is None:
             self._writer_conn = await self.pool.acquire()
         return self._writer_conn
@@ -401,9 +416,9 @@ class EventStore:
         conn, self._writer_conn = self._writer_conn, None
         if conn is None:
             return
-        if broken:
-            conn.terminate()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # a detached proxy raises; it is back already
+            if broken:
+                conn.terminate()
             await self.pool.release(conn)
 
     async def _run_notifier(self) -> None:

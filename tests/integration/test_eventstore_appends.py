@@ -9,7 +9,7 @@ from uuid import uuid4
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from libs.eventstore import ConcurrencyError, EventStore, InvalidAppendError
+from libs.eventstore import ConcurrencyError, EventStore, EventStoreError, InvalidAppendError
 
 
 def events(stream, versions, topic="t"):
@@ -127,6 +127,36 @@ async def test_one_bad_append_in_a_group_fails_alone(store):
     assert [type(o).__name__ for o in outcomes[:5]] == ["AppendResult"] * 5
     assert isinstance(outcomes[5], Exception)
     assert [e.position for e in await store.read_all()] == [1, 2, 3, 4, 5]
+
+
+async def test_an_append_after_postgresql_ended_the_writers_session_succeeds(store, pool):
+    first = await store.append(events(uuid4(), [1]))
+    writer = store._writer_conn
+    ended = asyncio.Event()
+    writer.add_termination_listener(lambda _: ended.set())
+    assert await pool.fetchval("SELECT pg_terminate_backend($1)", writer.get_server_pid())
+    await asyncio.wait_for(ended.wait(), 5)  # the client has seen the session end
+    second = await asyncio.wait_for(store.append(events(uuid4(), [1])), 5)
+    assert second.positions == (first.last_position + 1,)
+    assert store._writer_conn is not writer
+
+
+async def test_the_writer_outlives_its_session_ending_under_an_append(store, pool):
+    await store.append(events(uuid4(), [1]))
+    pid = store._writer_conn.get_server_pid()
+    assert await pool.fetchval("SELECT pg_terminate_backend($1)", pid)
+    # Whether the client has noticed yet or not, this append either lands or fails as
+    # an unknown outcome (retrying with its command id is safe); it never hangs...
+    command_id = uuid4()
+    stream = uuid4()
+    try:
+        await asyncio.wait_for(store.append(events(stream, [1]), command_id=command_id), 5)
+    except EventStoreError as error:
+        assert "outcome unknown" in str(error)
+    # ...and the writer carries on: the retry lands once.
+    retried = await asyncio.wait_for(store.append(events(stream, [1]), command_id=command_id), 5)
+    assert [e.originator_id for e in await store.read_stream(stream)] == [stream]
+    assert retried.last_position == await store.head_position()
 
 
 async def test_a_closed_store_refuses_appends(pool, schema):
