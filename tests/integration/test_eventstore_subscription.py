@@ -159,6 +159,40 @@ async def test_another_process_append_wakes_a_subscriber_through_notify(pool, sc
     assert reader.wakeups.notifications_received >= 1
 
 
+async def test_a_lost_listen_connection_is_replaced_and_nothing_is_missed(pool, schema):
+    writer = EventStore(pool, schema)
+    reader = EventStore(pool, schema, poll_interval=60)  # only NOTIFY wakes it in time
+    received: list[bytes] = []
+    arrived = asyncio.Event()
+
+    async def follow():
+        async for event in reader.subscribe():
+            received.append(event.state)
+            arrived.set()
+
+    task = asyncio.create_task(follow())
+    try:
+        await writer.append([StoredEvent(uuid4(), 1, "t", b"first")])
+        await asyncio.wait_for(arrived.wait(), 5)
+        arrived.clear()
+        # PostgreSQL ends the reader's LISTEN session, as a restart or failover would.
+        listener_pid = reader.wakeups._listener.get_server_pid()
+        assert await pool.fetchval("SELECT pg_terminate_backend($1)", listener_pid)
+        # Committed while the reader may not be listening: it must still arrive.
+        await writer.append([StoredEvent(uuid4(), 1, "t", b"while deaf")])
+        await asyncio.wait_for(arrived.wait(), 5)
+        arrived.clear()
+        await writer.append([StoredEvent(uuid4(), 1, "t", b"after")])
+        await asyncio.wait_for(arrived.wait(), 5)
+    finally:
+        task.cancel()
+        await writer.close()
+        await reader.close()
+    assert received == [b"first", b"while deaf", b"after"]
+    assert reader.wakeups.listens == 2
+    assert reader.wakeups._listener is None or not reader.wakeups._listener.is_closed()
+
+
 async def test_a_burst_of_appends_sends_few_notifications_and_the_last_one_arrives(pool, schema):
     # 40 appends within a few ms: with a 200 ms notify interval, at most two NOTIFYs
     # (the first at once, one more for the rest), yet the reader still sees every event
