@@ -17,7 +17,8 @@ from libs.domain.errors import (
     NotFoundError,
     RuleViolatedError,
 )
-from libs.eventstore.errors import ConcurrencyError, EventStoreError
+from libs.eventstore.database import database_unavailable
+from libs.eventstore.errors import ConcurrencyError, EventStoreError, ProjectionLagError
 
 ERROR_DOMAIN = "throughline.dev"
 
@@ -97,6 +98,17 @@ def status_for(error: Exception) -> status_pb2.Status | None:
             R.ERROR_REASON_CONCURRENCY_CONFLICT,
             metadata={"stream_id": str(error.stream_id)},
         )
+    if isinstance(error, ProjectionLagError):
+        return build_status(
+            code_pb2.UNAVAILABLE,
+            f"{error}; the write is safe and the view will follow: retry shortly",
+            R.ERROR_REASON_UNAVAILABLE,
+            metadata={
+                "projection": error.projection,
+                "position": str(error.position),
+                "wanted": str(error.wanted),
+            },
+        )
     if isinstance(error, EventStoreError):
         return build_status(
             code_pb2.UNAVAILABLE,
@@ -105,6 +117,13 @@ def status_for(error: Exception) -> status_pb2.Status | None:
         )
     if isinstance(error, DomainError):
         return build_status(code_pb2.FAILED_PRECONDITION, str(error), R.ERROR_REASON_RULE_VIOLATED)
+    if database_unavailable(error):
+        return build_status(
+            code_pb2.UNAVAILABLE,
+            "the database is unavailable; retry shortly (a command retried with the same "
+            "command id is recorded once)",
+            R.ERROR_REASON_UNAVAILABLE,
+        )
     return None
 
 

@@ -8,6 +8,7 @@ from libs.eventstore.errors import (
     EventStoreClosedError,
     EventStoreError,
     InvalidAppendError,
+    ProjectionLagError,
 )
 from libs.eventstore.mapper import create_mapper
 from libs.eventstore.projection import Projection, ProjectionRunner
@@ -26,6 +27,7 @@ __all__ = [
     "EventStoreError",
     "InvalidAppendError",
     "Projection",
+    "ProjectionLagError",
     "ProjectionRunner",
     "RecordedEvent",
     "Repository",

@@ -33,3 +33,18 @@ class InvalidAppendError(EventStoreError, IntegrityError):
 
 class EventStoreClosedError(EventStoreError):
     """The store was closed before the append could be written."""
+
+
+class ProjectionLagError(EventStoreError, TimeoutError):
+    """A projection did not reach a position in time: it is behind, or stopped retrying
+    a batch it cannot apply. The write itself is safe; the view will follow."""
+
+    def __init__(self, projection: str, upstream: str, position: int, wanted: int, timeout: float):
+        self.projection = projection
+        self.upstream = upstream
+        self.position = position
+        self.wanted = wanted
+        super().__init__(
+            f"projection {projection!r} has applied {upstream!r} up to {position}, "
+            f"not yet {wanted}, after {timeout}s"
+        )

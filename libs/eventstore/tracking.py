@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
-from libs.eventstore.errors import EventStoreError
+from libs.eventstore.errors import EventStoreError, ProjectionLagError
 from libs.eventstore.recorder import quote_schema
 
 
@@ -114,7 +114,7 @@ class TrackingStore:
     ) -> None:
         """Returns once the projection has applied `upstream` up to `position`.
 
-        Raises TimeoutError after `timeout` seconds."""
+        Raises ProjectionLagError (a TimeoutError) after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         interval = 0.005
         while True:
@@ -123,10 +123,7 @@ class TrackingStore:
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(
-                    f"projection {projection!r} has applied {upstream!r} up to "
-                    f"{current or 0}, not yet {position}, after {timeout}s"
-                )
+                raise ProjectionLagError(projection, upstream, current or 0, position, timeout)
             # Woken at once by a commit in this process; polls for other processes.
             async with self._advanced:
                 with contextlib.suppress(TimeoutError):

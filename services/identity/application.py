@@ -15,6 +15,7 @@ from eventsourcing.domain import Aggregate
 from libs.domain.errors import (
     AlreadyExistsError,
     DomainError,
+    InvalidFieldError,
     NotFoundError,
     RuleViolatedError,
 )
@@ -294,9 +295,20 @@ class IdentityApplication:
         return await self.get_person(claim.holder)
 
     async def wait_for_index(self, position: int, *, timeout: float = 5.0) -> None:
-        """Returns once the search index includes every write up to `position`."""
-        if position > 0:
-            await self.tracking.wait(PROJECTION_NAME, self.store.schema, position, timeout=timeout)
+        """Returns once the search index includes every write up to `position`.
+
+        A position no write has reached yet is refused at once rather than waited for;
+        an index still behind after `timeout` seconds raises ProjectionLagError."""
+        if position <= 0:
+            return
+        indexed = await self.tracking.position(PROJECTION_NAME, self.store.schema) or 0
+        if indexed >= position:
+            return
+        if position > (head := await self.store.head_position()):
+            raise InvalidFieldError(
+                ("min_position", f"no write has reached position {position} yet (newest: {head})")
+            )
+        await self.tracking.wait(PROJECTION_NAME, self.store.schema, position, timeout=timeout)
 
     async def search_people(
         self,

@@ -282,6 +282,17 @@ async def test_an_empty_search_is_invalid(client):
     assert violations_of(error)[0][0] == "limit"
 
 
+async def test_a_search_for_a_position_not_yet_written_is_refused_at_once(client):
+    written = await client.RegisterPerson(registration())
+    request = pb.SearchPeopleRequest(
+        name=pb.Name(family_name="Example"), min_position=written.position + 1000
+    )
+    error = await failure(client.SearchPeople(request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (field, rule), *_ = violations_of(error)
+    assert field == "min_position" and f"newest: {written.position}" in rule
+
+
 async def test_the_feed_carries_typed_person_events_with_their_facts(client):
     person = await client.RegisterPerson(registration(ids=[PNC]))
     await client.CorrectDateOfBirth(

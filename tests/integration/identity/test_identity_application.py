@@ -8,9 +8,17 @@ from uuid import uuid4
 
 import pytest
 
-from libs.domain.errors import AlreadyExistsError, NotFoundError, RuleViolatedError
+from libs.domain.errors import (
+    AlreadyExistsError,
+    InvalidFieldError,
+    NotFoundError,
+    RuleViolatedError,
+)
+from libs.eventstore import ProjectionLagError
+from services.identity.bootstrap import bootstrap
 from services.identity.domain import Name, Sex
 from services.identity.identifiers import parse_identifier
+from tests.conftest import new_schema_name
 
 PNC = parse_identifier("PNC", "12/394773H")
 CRO = parse_identifier("CRO", "29906/12J")
@@ -129,6 +137,20 @@ async def test_search_sees_a_write_when_asked_for_its_position(identity):
     assert found[0].match.score > 0.9
     by_pnc = await app.search_people(names=[], date_of_birth=None, identifiers=[PNC])
     assert by_pnc[0].person_id == written.person_id and "exact PNC" in by_pnc[0].match.reasons
+
+
+async def test_a_search_index_that_falls_behind_says_how_far_it_got(pool):
+    identity = await bootstrap(pool, schema=new_schema_name("identity"), cipher_key="")
+    try:  # the index is not running, so it stays at 0
+        written = await register(identity.application)
+        with pytest.raises(ProjectionLagError) as lag:
+            await identity.application.wait_for_index(written.position, timeout=0.05)
+        assert (lag.value.position, lag.value.wanted) == (0, written.position)
+        with pytest.raises(InvalidFieldError) as unwritten:
+            await identity.application.wait_for_index(written.position + 1)
+        assert unwritten.value.violations[0][0] == "min_position"
+    finally:
+        await identity.close()
 
 
 async def test_search_finds_misspelt_swapped_alias_and_mistyped_dates(identity):
