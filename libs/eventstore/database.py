@@ -40,8 +40,11 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     back any open transaction first)."""
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 10, application_name: str = "throughline"
+) -> asyncpg.Pool:
     """A pool sized for one store: the writer and the LISTEN connection each hold one.
+    Its sessions show as `application_name` in pg_stat_activity.
 
     asyncpg's default release sends a reset query (a round trip) every time a connection
     goes back to the pool; ours are released clean, so that query is skipped."""
@@ -51,7 +54,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
         max_size=max_size,
         reset=_keep_session,
         # Our queries are small and frequent; JIT compilation only adds latency.
-        server_settings={"jit": "off", "application_name": "throughline"},
+        server_settings={"jit": "off", "application_name": application_name},
     )
 
 

@@ -15,6 +15,8 @@ from libs.eventstore.database import session_ended
 
 log = logging.getLogger(__name__)
 
+_UNREACHABLE = (asyncpg.PostgresError, OSError, asyncpg.InterfaceError)
+
 
 class Wakeups:
     def __init__(self, pool: asyncpg.Pool, channel: str) -> None:
@@ -49,6 +51,8 @@ class Wakeups:
     def _on_termination(self, *_: object) -> None:
         # The listening connection died (PostgreSQL restarted, or the backend was
         # terminated): listen again on another, and meanwhile subscribers poll.
+        if self._listener is not None and not session_ended(self._listener):
+            return  # an earlier listener's end, already replaced
         self._listener = None
         if not self._closed and (self._relisten is None or self._relisten.done()):
             self._relisten = asyncio.get_running_loop().create_task(self._listen_again())
@@ -73,10 +77,13 @@ class Wakeups:
                 conn = await self._pool.acquire()
                 await conn.add_listener(self._channel, self._on_notification)
                 conn.add_termination_listener(self._on_termination)
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as error:
-                if conn is not None:
+            except BaseException as error:
+                if conn is not None:  # its state is unknown: end it, the pool replaces it
                     with contextlib.suppress(Exception):
+                        conn.terminate()
                         await self._pool.release(conn)
+                if not isinstance(error, _UNREACHABLE):
+                    raise
                 if not self._warned:  # once per outage, not once per attempt
                     log.warning("cannot LISTEN on %s, polling only: %s", self._channel, error)
                     self._warned = True
@@ -89,7 +96,9 @@ class Wakeups:
         self._closed = True
         if self._relisten is not None:
             self._relisten.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # Cancelled mid-LISTEN, asyncpg may raise its own error rather than
+            # CancelledError; either way the attempt is over and its connection ended.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._relisten
         self.wake_local()
         conn, self._listener = self._listener, None

@@ -15,7 +15,9 @@ from services.identity.grpc_api import build_server
 
 
 async def main(port: int) -> None:
-    pool = await create_pool(os.environ["DATABASE_URL"], max_size=20)
+    pool = await create_pool(
+        os.environ["DATABASE_URL"], max_size=20, application_name="throughline-identity"
+    )
     identity = await bootstrap(pool)
     identity.start_projection()
     server = build_server(identity, TokenVerifier(load_secret()))

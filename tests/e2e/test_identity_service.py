@@ -14,6 +14,7 @@ from throughline.identity.v1 import identity_pb2 as pb
 from throughline.identity.v1 import identity_pb2_grpc
 
 from libs.chassis.auth import TokenVerifier
+from libs.eventstore import create_pool
 from services.identity.bootstrap import bootstrap
 from services.identity.grpc_api import build_server
 from tests.conftest import new_schema_name
@@ -328,3 +329,71 @@ async def test_concurrent_registrations_of_one_identifier_leave_one_holder(clien
     assert {o.code() for o in outcomes if isinstance(o, Exception)} == {
         grpc.StatusCode.ALREADY_EXISTS
     }
+
+
+async def until_available(call, request, client, attempts=40):
+    """Calls as a well-behaved client does: UNAVAILABLE is retried, the same request
+    (so the same command id) each time."""
+    for _ in range(attempts - 1):
+        try:  # a call that hangs fails the test rather than stalling the suite
+            return await asyncio.wait_for(getattr(client, call)(request), 10)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+        await asyncio.sleep(0.05)
+    return await asyncio.wait_for(getattr(client, call)(request), 10)
+
+
+async def test_the_service_carries_on_after_postgresql_ends_every_session(pool, test_database_url):
+    """As after a PostgreSQL restart or failover: every session the service holds
+    (writer, LISTEN, index, queries) ends at once. Writes, the search index and reads
+    carry on, and a retried command is still recorded once."""
+    name = f"identity-outage-{uuid4().hex[:8]}"
+    own_pool = await create_pool(test_database_url, application_name=name)
+    identity = await bootstrap(own_pool, schema=new_schema_name("identity"), cipher_key="")
+    identity.start_projection()
+    verifier = TokenVerifier(SECRET)
+    server = build_server(identity, verifier)
+    port = await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    token = verifier.mint("clerk:ann", ["identity.write", "feed.read"])
+    client = Client(identity_pb2_grpc.IdentityServiceStub(channel), channel, token, verifier)
+    try:
+        before = await client.RegisterPerson(registration(family="Before", ids=[PNC]))
+        await client.SearchPeople(  # the index is running and has listened
+            pb.SearchPeopleRequest(name=pb.Name(family_name="Before"), min_position=before.position)
+        )
+        ended = await pool.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = $1",
+            name,
+        )
+        assert ended >= 2  # the writer's and the listener's sessions at least
+
+        request = registration(family="After", ids=[NOMS])
+        after = await until_available("RegisterPerson", request, client)
+        again = await client.RegisterPerson(request)
+        assert (again.person_id, again.position) == (after.person_id, after.position)
+        found = await until_available(
+            "SearchPeople",
+            pb.SearchPeopleRequest(
+                name=pb.Name(given_names="Ann", family_name="After"),
+                date_of_birth=Date(year=1980, month=5, day=17),
+                min_position=after.position,
+            ),
+            client,
+        )
+        assert found.candidates[0].person_id == after.person_id
+        got = await until_available(
+            "GetPerson", pb.GetPersonRequest(person_id=before.person_id), client
+        )
+        assert got.person.name.family_name == "Before"
+        feed = feed_pb2_grpc.EventFeedServiceStub(channel)
+        events = await feed.ReadEvents(feed_pb2.ReadEventsRequest(), metadata=client.metadata)
+        kinds = [e.event_type.rsplit(".", 1)[1] for e in events.events]
+        assert kinds == ["Registered", "Claimed", "Registered", "Claimed"]
+    finally:
+        await channel.close()
+        await server.stop(0)
+        await identity.close()
+        await own_pool.close()
