@@ -8,7 +8,8 @@ machine-readable `name=value` lines.
   date of birth, misspelt name), one at a time.
 - RegisterPerson commands/s through gRPC with 16 concurrent clients, next to a gRPC echo
   server's requests/s measured in the same run with the same 16 clients (alternating,
-  twice each), with the server's and PostgreSQL's CPU time per call.
+  twice each), with the server's, the load client's and PostgreSQL's CPU time per call,
+  and the ratio those allow at most when both loads use every core.
 - Precision and recall at the default threshold on a labelled synthetic set.
 """
 
@@ -146,11 +147,18 @@ async def bench_search(stub, metadata, queries) -> list[float]:
 @dataclass(frozen=True)
 class Load:
     """A load run's rate, and the CPU each call cost this process (the server under
-    test) and the local PostgreSQL server, when it runs on this machine."""
+    test), the load client and the local PostgreSQL server, when it runs on this
+    machine."""
 
     rate: float
     server_cpu_ms: float
+    client_cpu_ms: float
     database_cpu_ms: float | None
+
+    @property
+    def machine_cpu_ms(self) -> float:
+        """CPU per call on the whole machine: server, client and PostgreSQL."""
+        return self.server_cpu_ms + self.client_cpu_ms + (self.database_cpu_ms or 0.0)
 
 
 def postgres_cpu_seconds() -> float | None:
@@ -174,6 +182,7 @@ def mean_load(loads: list[Load]) -> Load:
     return Load(
         statistics.fmean(load.rate for load in loads),
         statistics.fmean(load.server_cpu_ms for load in loads),
+        statistics.fmean(load.client_cpu_ms for load in loads),
         None if None in databases else statistics.fmean(databases),  # type: ignore[arg-type]
     )
 
@@ -212,7 +221,7 @@ async def load_from_another_process(
         if database_before is not None and database_after is not None
         else None
     )
-    return Load(float(figures["rate"]), cpu / calls * 1000, database_ms)
+    return Load(float(figures["rate"]), cpu / calls * 1000, float(figures["cpu_ms"]), database_ms)
 
 
 async def bench_echo() -> Load:
@@ -334,6 +343,20 @@ async def run(dsn: str) -> None:
     ]
     if register.database_cpu_ms is not None:
         rows.append(("PostgreSQL CPU per RegisterPerson (ms)", register.database_cpu_ms, ""))
+    # When both loads keep every core busy, their rates cannot differ by more than their
+    # CPU per call on the whole machine: the ratio no scheduling could beat here.
+    ceiling = echo.machine_cpu_ms / register.machine_cpu_ms
+    rows += [
+        ("load client CPU per echo call (ms)", echo.client_cpu_ms, ""),
+        ("load client CPU per RegisterPerson (ms)", register.client_cpu_ms, ""),
+        ("machine CPU per echo call (ms)", echo.machine_cpu_ms, "server + client + PostgreSQL"),
+        (
+            "machine CPU per RegisterPerson (ms)",
+            register.machine_cpu_ms,
+            "server + client + PostgreSQL",
+        ),
+        ("register_vs_echo if both used every core", ceiling, f"{os.cpu_count()} cores"),
+    ]
     for label, value, note in rows:
         print(f"{label:<58}{value:>14,.3f}  {note}")
     print()
@@ -344,6 +367,7 @@ async def run(dsn: str) -> None:
     print(f"echo_per_s={echo_rate:.0f}")
     print(f"register_per_s={register_rate:.0f}")
     print(f"register_vs_echo={register_rate / echo_rate:.2f}")
+    print(f"register_vs_echo_cpu_ceiling={ceiling:.2f}")
     print(f"match_precision={precision:.3f}")
     print(f"match_recall={recall:.3f}")
 

@@ -1,6 +1,7 @@
 """A load client in its own process, so the server under test has its core to itself:
 `python -m bench.load_client --port P --kind echo|register --clients 16 --seconds 5`.
-Prints `calls=<all calls made, warm-up included> rate=<calls per second after warm-up>`."""
+Prints `calls=<all calls made, warm-up included> rate=<calls per second after warm-up>
+cpu_ms=<this client's CPU per call after warm-up>`."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def noms_value(n: int) -> str:
 
 async def run(
     port: int, kind: str, clients: int, seconds: float, token: str, first: int
-) -> tuple[int, float]:
+) -> tuple[int, float, float]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         if kind == "echo":
             echo = channel.unary_unary(
@@ -75,9 +76,10 @@ async def run(
                 await call(next(counter))
                 done[0] += 1
 
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.gather(*(client() for _ in range(clients)))
-        return clients + done[0], done[0] / (time.perf_counter() - started)
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        return clients + done[0], done[0] / elapsed, cpu / done[0] * 1000
 
 
 if __name__ == "__main__":
@@ -89,7 +91,7 @@ if __name__ == "__main__":
     parser.add_argument("--first", type=int, default=50_000_000)
     args = parser.parse_args()
     token = os.environ.get("BENCH_TOKEN", "")
-    calls, rate = asyncio.run(
+    calls, rate, cpu_ms = asyncio.run(
         run(args.port, args.kind, args.clients, args.seconds, token, args.first)
     )
-    print(f"calls={calls} rate={rate:.1f}")
+    print(f"calls={calls} rate={rate:.1f} cpu_ms={cpu_ms:.4f}")
