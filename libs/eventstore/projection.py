@@ -100,6 +100,8 @@ class ProjectionRunner:
                     self.failures,
                     self._retry_delay,
                     error,
+                    # The traceback once per run of failures, not every retry.
+                    exc_info=self._retry_delay == self.retry_initial,
                 )
                 await asyncio.sleep(self._retry_delay)
                 self._retry_delay = min(self._retry_delay * 2, self.retry_max)
