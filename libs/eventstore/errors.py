@@ -36,8 +36,8 @@ class EventStoreClosedError(EventStoreError):
 
 
 class ProjectionLagError(EventStoreError, TimeoutError):
-    """A projection did not reach a position in time: it is behind, or stopped retrying
-    a batch it cannot apply. The write itself is safe; the view will follow."""
+    """A projection did not reach a position in time: it is behind, or retrying a batch
+    it cannot apply yet. The write itself is safe; the view will follow."""
 
     def __init__(self, projection: str, upstream: str, position: int, wanted: int, timeout: float):
         self.projection = projection
