@@ -4,6 +4,7 @@ status codes and field names clients get for bad input."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from uuid import uuid4
 
 import grpc
@@ -25,19 +26,28 @@ PNC = pb.Identifier(type=pb.IDENTIFIER_TYPE_PNC, value="12/394773H")
 NOMS = pb.Identifier(type=pb.IDENTIFIER_TYPE_NOMS, value="A1234AA")
 
 
-@pytest.fixture
-async def client(pool):
+@contextlib.asynccontextmanager
+async def identity_service(pool, roles=("identity.write", "identity.merge", "feed.read")):
+    """A running identity service on its own schema, and a client for it."""
     identity = await bootstrap(pool, schema=new_schema_name("identity"), cipher_key="")
     identity.start_projection()
     verifier = TokenVerifier(SECRET)
     server = build_server(identity, verifier)
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    token = verifier.mint("clerk:ann", ["identity.write", "identity.merge", "feed.read"])
-    yield Client(identity_pb2_grpc.IdentityServiceStub(channel), channel, token, verifier)
-    await channel.close()
-    await server.stop(0)
-    await identity.close()
+    token = verifier.mint("clerk:ann", roles)
+    try:
+        yield Client(identity_pb2_grpc.IdentityServiceStub(channel), channel, token, verifier)
+    finally:
+        await channel.close()
+        await server.stop(0)
+        await identity.close()
+
+
+@pytest.fixture
+async def client(pool):
+    async with identity_service(pool) as client:
+        yield client
 
 
 class Client:
@@ -350,50 +360,42 @@ async def test_the_service_carries_on_after_postgresql_ends_every_session(pool, 
     carry on, and a retried command is still recorded once."""
     name = f"identity-outage-{uuid4().hex[:8]}"
     own_pool = await create_pool(test_database_url, application_name=name)
-    identity = await bootstrap(own_pool, schema=new_schema_name("identity"), cipher_key="")
-    identity.start_projection()
-    verifier = TokenVerifier(SECRET)
-    server = build_server(identity, verifier)
-    port = await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    token = verifier.mint("clerk:ann", ["identity.write", "feed.read"])
-    client = Client(identity_pb2_grpc.IdentityServiceStub(channel), channel, token, verifier)
     try:
-        before = await client.RegisterPerson(registration(family="Before", ids=[PNC]))
-        await client.SearchPeople(  # the index is running and has listened
-            pb.SearchPeopleRequest(name=pb.Name(family_name="Before"), min_position=before.position)
-        )
-        ended = await pool.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = $1",
-            name,
-        )
-        assert ended >= 2  # the writer's and the listener's sessions at least
+        async with identity_service(own_pool) as client:
+            before = await client.RegisterPerson(registration(family="Before", ids=[PNC]))
+            await client.SearchPeople(  # the index is running and has listened
+                pb.SearchPeopleRequest(
+                    name=pb.Name(family_name="Before"), min_position=before.position
+                )
+            )
+            ended = await pool.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = $1",
+                name,
+            )
+            assert ended >= 2  # the writer's and the listener's sessions at least
 
-        request = registration(family="After", ids=[NOMS])
-        after = await until_available("RegisterPerson", request, client)
-        again = await client.RegisterPerson(request)
-        assert (again.person_id, again.position) == (after.person_id, after.position)
-        found = await until_available(
-            "SearchPeople",
-            pb.SearchPeopleRequest(
-                name=pb.Name(given_names="Ann", family_name="After"),
-                date_of_birth=Date(year=1980, month=5, day=17),
-                min_position=after.position,
-            ),
-            client,
-        )
-        assert found.candidates[0].person_id == after.person_id
-        got = await until_available(
-            "GetPerson", pb.GetPersonRequest(person_id=before.person_id), client
-        )
-        assert got.person.name.family_name == "Before"
-        feed = feed_pb2_grpc.EventFeedServiceStub(channel)
-        events = await feed.ReadEvents(feed_pb2.ReadEventsRequest(), metadata=client.metadata)
-        kinds = [e.event_type.rsplit(".", 1)[1] for e in events.events]
-        assert kinds == ["Registered", "Claimed", "Registered", "Claimed"]
+            request = registration(family="After", ids=[NOMS])
+            after = await until_available("RegisterPerson", request, client)
+            again = await client.RegisterPerson(request)
+            assert (again.person_id, again.position) == (after.person_id, after.position)
+            found = await until_available(
+                "SearchPeople",
+                pb.SearchPeopleRequest(
+                    name=pb.Name(given_names="Ann", family_name="After"),
+                    date_of_birth=Date(year=1980, month=5, day=17),
+                    min_position=after.position,
+                ),
+                client,
+            )
+            assert found.candidates[0].person_id == after.person_id
+            got = await until_available(
+                "GetPerson", pb.GetPersonRequest(person_id=before.person_id), client
+            )
+            assert got.person.name.family_name == "Before"
+            feed = feed_pb2_grpc.EventFeedServiceStub(client.channel)
+            events = await feed.ReadEvents(feed_pb2.ReadEventsRequest(), metadata=client.metadata)
+            kinds = [e.event_type.rsplit(".", 1)[1] for e in events.events]
+            assert kinds == ["Registered", "Claimed", "Registered", "Claimed"]
     finally:
-        await channel.close()
-        await server.stop(0)
-        await identity.close()
         await own_pool.close()
