@@ -153,6 +153,32 @@ async def test_a_search_index_that_falls_behind_says_how_far_it_got(pool):
         await identity.close()
 
 
+async def test_names_in_other_scripts_are_stored_as_given_and_found(identity):
+    app = identity.application
+    people = {
+        "Cyrillic": await register(app, given="Дмитрий", family="Иванов", dob=date(1975, 2, 3)),
+        "Arabic": await register(app, given="محمد", family="الحسن", dob=date(1990, 8, 1)),
+        "Greek": await register(app, given="Νίκος", family="Παπαδόπουλος", dob=date(1968, 11, 30)),
+    }
+    await app.wait_for_index(await identity.store.head_position())
+    assert (await app.get_person(people["Arabic"].person_id)).person.name == Name("محمد", "الحسن")
+    searches = {
+        "Cyrillic": ([Name("дмитрий", "ИВАНОВ")], date(1975, 2, 3)),  # case differs
+        "Arabic": ([Name("محمد", "الحسن")], date(1990, 8, 1)),
+        "Greek": ([Name("Νικος", "Παπαδοπουλος")], date(1968, 11, 30)),  # no accents
+    }
+    for script, (names, dob) in searches.items():
+        found = await app.search_people(names=names, date_of_birth=dob, identifiers=[])
+        assert found[0].person_id == people[script].person_id, script
+        assert found[0].match.score >= 0.9, (script, found[0].match)
+    # By name alone the match is weaker, but the person is still found.
+    by_name = await app.search_people(
+        names=[Name("Дмитрий", "Иванов")], date_of_birth=None, identifiers=[]
+    )
+    assert by_name[0].person_id == people["Cyrillic"].person_id
+    assert "family name exact" in by_name[0].match.reasons[0]
+
+
 async def test_search_finds_misspelt_swapped_alias_and_mistyped_dates(identity):
     app = identity.application
     target = await register(
