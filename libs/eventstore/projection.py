@@ -9,6 +9,7 @@ behind for good."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -76,7 +77,9 @@ class ProjectionRunner:
         With a `batch_interval`, batches start at least that many seconds apart: an
         event after a quiet spell is applied at once, but under steady writes events
         gather into fewer, larger batches (each batch is a transaction and several
-        round trips), at the cost of up to that much more lag.
+        round trips), at the cost of up to that much more lag. Only for readers who
+        can wait: whenever someone in this process waits for the view to reach a
+        position (`TrackingStore.wait`, read-your-writes), the next batch goes at once.
 
         An error does not end it. PostgreSQL going away, a batch the projection cannot
         apply yet, or another runner (a second replica) recording the batch first: the
@@ -108,13 +111,21 @@ class ProjectionRunner:
 
     async def _follow(self) -> None:
         loop = asyncio.get_running_loop()
+        wanted = self.tracking.wanted(self.projection.name)
         after = await self.position()
         async for batch in self.source.subscribe_batches(after, batch_size=self.batch_size):
             started = loop.time()
             after = await self._apply(after, batch)
             self._retry_delay = self.retry_initial
             if self.batch_interval:
-                await asyncio.sleep(max(0.0, started + self.batch_interval - loop.time()))
+                remaining = started + self.batch_interval - loop.time()
+                if remaining > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(remaining):
+                            await wanted.wait()
+                # Cleared before the next read: whoever wants more after this point
+                # sets it again, and the batch after next goes at once too.
+                wanted.clear()
 
     async def catch_up(
         self, *, upto: int | None = None, progress: Callable[[int, int], None] | None = None

@@ -50,6 +50,7 @@ class TrackingStore:
         )
         self._delete = f"DELETE FROM {s}.projection_tracking WHERE projection = $1"
         self._advanced = asyncio.Condition()
+        self._wanted: dict[str, asyncio.Event] = {}
 
     async def position(self, projection: str, upstream: str) -> int | None:
         return await self.pool.fetchval(self._select, projection, upstream)
@@ -109,6 +110,10 @@ class TrackingStore:
         that also clears the view)."""
         await conn.execute(self._delete, projection)
 
+    def wanted(self, projection: str) -> asyncio.Event:
+        """Set while someone in this process waits for `projection` to advance."""
+        return self._wanted.setdefault(projection, asyncio.Event())
+
     async def wait(
         self, projection: str, upstream: str, position: int, *, timeout: float = 5.0
     ) -> None:
@@ -124,6 +129,9 @@ class TrackingStore:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ProjectionLagError(projection, upstream, current or 0, position, timeout)
+            # Someone is waiting: a runner in this process pausing between batches
+            # (see ProjectionRunner's batch_interval) applies the next batch now.
+            self.wanted(projection).set()
             # Woken at once by a commit in this process; polls for other processes.
             async with self._advanced:
                 with contextlib.suppress(TimeoutError):

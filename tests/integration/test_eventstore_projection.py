@@ -158,6 +158,23 @@ async def test_a_batch_interval_gathers_steady_writes_into_fewer_batches(
         assert len(view.batch_sizes) >= 10
 
 
+async def test_a_reader_waiting_for_a_position_cuts_the_batch_interval_short(store, pool, schema):
+    view = RecordingBatches(schema)
+    await view.create(pool)
+    tracking = TrackingStore(pool, schema)
+    # Between batches the runner would pause for a minute: far longer than the waits.
+    runner = ProjectionRunner(view, store, tracking, batch_interval=60)
+    follower = asyncio.create_task(runner.run())
+    try:
+        for _ in range(3):
+            written = await store.append([StoredEvent(uuid4(), 1, "x", b"")])
+            await tracking.wait("count_by_topic", schema, written.last_position, timeout=5)
+    finally:
+        follower.cancel()
+    assert view.batch_sizes == [1, 1, 1]
+    assert await view.counts(pool) == {"x": 3}
+
+
 async def test_a_rebuild_from_events_matches_the_live_view(store, pool, schema):
     view = CountByTopic(schema)
     await view.create(pool)
