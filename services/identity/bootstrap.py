@@ -23,12 +23,11 @@ from services.identity.search_index import SearchIndex, create_search_index
 
 SCHEMA = "identity"
 # Under steady registrations the search index gathers up to 50 ms of events per batch
-# rather than a few people at a time. Measured against 5 ms (four runs each, 16 clients,
-# a small index):
-# machine CPU per RegisterPerson 1.48 ms instead of 1.79 (PostgreSQL's 0.25 instead of
-# 0.38), and RegisterPerson 0.33 of echo instead of 0.26. A search that asks for its
-# min_position does not wait for the interval: its waiting wakes the index at once.
-# Other searches may see the index up to about 50 ms behind under load.
+# rather than a few people at a time. Measured against 5 ms on a small index (four runs
+# each, 16 clients): machine CPU per RegisterPerson 1.48 ms instead of 1.79, PostgreSQL's
+# share 0.25 instead of 0.38, and RegisterPerson 0.33 of echo instead of 0.26. A search
+# that asks for its min_position does not wait for the interval: its waiting wakes the
+# index at once. Other searches may see the index up to about 50 ms behind under load.
 BATCH_INTERVAL = 0.05
 
 
