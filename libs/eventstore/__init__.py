@@ -4,6 +4,7 @@ PostgreSQL recorders."""
 from libs.eventstore.audit import AuditReport, audit_store
 from libs.eventstore.database import create_pool
 from libs.eventstore.errors import (
+    CommandReusedError,
     ConcurrencyError,
     EventStoreClosedError,
     EventStoreError,
@@ -13,7 +14,7 @@ from libs.eventstore.errors import (
 from libs.eventstore.mapper import create_mapper
 from libs.eventstore.projection import Projection, ProjectionRunner
 from libs.eventstore.recorder import UNSET, EventStore, create_schema
-from libs.eventstore.records import AppendResult, RecordedEvent, StreamHead
+from libs.eventstore.records import AppendResult, RecordedEvent, StreamHead, command_digest
 from libs.eventstore.repository import Repository
 from libs.eventstore.tracking import TrackingConflictError, TrackingStore
 
@@ -21,6 +22,7 @@ __all__ = [
     "UNSET",
     "AppendResult",
     "AuditReport",
+    "CommandReusedError",
     "ConcurrencyError",
     "EventStore",
     "EventStoreClosedError",
@@ -35,6 +37,7 @@ __all__ = [
     "TrackingConflictError",
     "TrackingStore",
     "audit_store",
+    "command_digest",
     "create_mapper",
     "create_pool",
     "create_schema",

@@ -31,6 +31,19 @@ class InvalidAppendError(EventStoreError, IntegrityError):
     """An append that could never succeed, such as versions that are not consecutive."""
 
 
+class CommandReusedError(EventStoreError, IntegrityError):
+    """A command id already recorded for a different command: not a retry. Answering
+    with the first command's result would tell the caller that its command was done
+    when it was not, so the store refuses it and writes nothing."""
+
+    def __init__(self, command_id: UUID):
+        self.command_id = command_id
+        super().__init__(
+            f"command id {command_id} was already used for a different command: a retry "
+            f"must repeat its command exactly, and a new command needs a new command id"
+        )
+
+
 class EventStoreClosedError(EventStoreError):
     """The store was closed before the append could be written."""
 

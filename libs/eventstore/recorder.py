@@ -26,6 +26,7 @@ from eventsourcing.persistence import StoredEvent
 
 from libs.eventstore.database import session_ended
 from libs.eventstore.errors import (
+    CommandReusedError,
     ConcurrencyError,
     EventStoreClosedError,
     EventStoreError,
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 SQL_DIR = Path(__file__).parent / "sql"
 SCHEMA_FILES: Final = (
     "tables/stored_events.sql",
+    "tables/stored_events_command_digest.sql",
     "tables/stored_events_head.sql",
     "tables/snapshots.sql",
     "tables/projection_tracking.sql",
@@ -56,7 +58,7 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 INSERT_COLUMNS: Final = (
     "notification_id, originator_id, originator_version, topic, state, "
-    "recorded_at, command_id, actor, trace_id, hash"
+    "recorded_at, command_id, actor, trace_id, hash, command_digest"
 )
 # What reads select, in RecordedEvent's order. The recording time comes as integer
 # microseconds: PostgreSQL computes that faster than the client can build datetimes.
@@ -107,7 +109,8 @@ class _Queries:
     def __init__(self, schema: str) -> None:
         s = quote_schema(schema)
         # Locks the head row, then reads what the append must check against: each
-        # stream's newest version and hash, and events already written by these commands.
+        # stream's newest version and hash, and events already written by these commands
+        # (with, in the hash column, the digest of what each of those commands asked).
         # One statement has one snapshot, taken before any wait for the lock; `visible`
         # tells whether that snapshot already holds everything up to the locked head.
         # When it does not (another writer committed meanwhile), `recheck` reads again.
@@ -136,8 +139,8 @@ class _Queries:
                 ORDER BY originator_version DESC LIMIT 1
             ) AS newest
             UNION ALL
-            SELECT 2, originator_id, originator_version, recorded_at, NULL, command_id,
-                   notification_id
+            SELECT 2, originator_id, originator_version, recorded_at, command_digest,
+                   command_id, notification_id
             FROM {s}.stored_events WHERE command_id = ANY($2::uuid[])
         """
         self.lock_and_check = self.lock_and_check.format(checks=self.checks)
@@ -156,31 +159,32 @@ class _Queries:
                 INSERT INTO {s}.stored_events ({INSERT_COLUMNS})
                 SELECT * FROM unnest($1::int8[], $2::uuid[], $3::int8[], $4::text[],
                     $5::bytea[], $6::timestamptz[], $7::uuid[], $8::text[], $9::text[],
-                    $10::bytea[])
+                    $10::bytea[], $11::bytea[])
             )
-            UPDATE {s}.stored_events_head SET last_position = $11, last_recorded_at = $12
+            UPDATE {s}.stored_events_head SET last_position = $12, last_recorded_at = $13
         """
         # ...and then writes in one statement (its own transaction) only if the head is
         # still where the check saw it; otherwise nothing is written and it returns 0.
         # The head row is locked only while this statement runs and commits.
         self.insert_if_head_unmoved = f"""
             WITH advanced AS (
-                UPDATE {s}.stored_events_head SET last_position = $11, last_recorded_at = $12
-                WHERE last_position = $13
+                UPDATE {s}.stored_events_head SET last_position = $12, last_recorded_at = $13
+                WHERE last_position = $14
                 RETURNING last_position
             ), inserted AS (
                 INSERT INTO {s}.stored_events ({INSERT_COLUMNS})
                 SELECT * FROM unnest($1::int8[], $2::uuid[], $3::int8[], $4::text[],
                     $5::bytea[], $6::timestamptz[], $7::uuid[], $8::text[], $9::text[],
-                    $10::bytea[])
+                    $10::bytea[], $11::bytea[])
                 WHERE EXISTS (SELECT FROM advanced)
             )
             SELECT count(*) FROM advanced
         """
         self.head_position = f"SELECT last_position FROM {s}.stored_events_head"
         self.command_events = (
-            f"SELECT notification_id, originator_id, originator_version, recorded_at "
-            f"FROM {s}.stored_events WHERE command_id = $1 ORDER BY notification_id"
+            f"SELECT notification_id, originator_id, originator_version, recorded_at, "
+            f"command_digest FROM {s}.stored_events WHERE command_id = $1 "
+            f"ORDER BY notification_id"
         )
         self.read_all = (
             f"SELECT {EVENT_COLUMNS} FROM {s}.stored_events "
@@ -266,6 +270,7 @@ class EventStore:
         expected_version: int | _Unset = UNSET,
         actor: str | None = None,
         trace_id: str | None = None,
+        command_digest: bytes | None = None,
     ) -> AppendResult:
         """Appends `events` atomically, possibly across several streams.
 
@@ -273,10 +278,13 @@ class EventStore:
         stream's current version (any version starts a new stream). `expected_version`,
         for a single-stream append, states the version the stream must be at now (0 for
         a stream with no events). A `command_id` already recorded returns the original
-        result and appends nothing.
+        result and appends nothing: the append is a retry. When both it and the recorded
+        command carry a `command_digest` (see `command_digest()`) and the two differ, it
+        is not a retry but another command sent with the same id, and is refused.
 
         Raises ConcurrencyError if a stream has moved on, InvalidAppendError for an append
-        that could never succeed.
+        that could never succeed, CommandReusedError for a command id already used for a
+        different command.
         """
         if self._closed:
             raise EventStoreClosedError(f"event store {self.schema!r} is closed")
@@ -287,7 +295,7 @@ class EventStore:
         self._queue.put_nowait(
             _PendingAppend(
                 events=events,
-                metadata=AppendMetadata(command_id=command_id, actor=actor, trace_id=trace_id),
+                metadata=AppendMetadata(command_id, actor, trace_id, command_digest),
                 expected_version=expected_version,
                 future=future,
             )
@@ -488,10 +496,20 @@ class EventStore:
             record_class=RecordedEvent,
         )
 
-    async def command_result(self, command_id: UUID) -> AppendResult | None:
-        """The result of a command already recorded, or None if it never appended."""
+    async def command_result(
+        self, command_id: UUID, *, command_digest: bytes | None = None
+    ) -> AppendResult | None:
+        """The result of a command already recorded, or None if it never appended.
+
+        Raises CommandReusedError if `command_digest` is given and the recorded command
+        asked for something else."""
         rows = await self.pool.fetch(self._q.command_events, command_id)
-        return _result_from_rows([_Written(*row) for row in rows]) if rows else None
+        if not rows:
+            return None
+        written = [_Written(*row) for row in rows]
+        if _reused(written, command_digest):
+            raise CommandReusedError(command_id)
+        return _result_from_rows(written)
 
     async def subscribe_batches(
         self,
@@ -596,26 +614,33 @@ def _plan(batch: list[_PendingAppend], rows: Sequence[asyncpg.Record]) -> _Plan:
     recorded_micros = to_micros(recorded_at)
     heads: dict[UUID, tuple[int, bytes]] = {}
     earlier: dict[UUID, list[_Written]] = {}
-    for kind, stream_id, version, at, digest, command_id, written_position in rows:
+    for kind, stream_id, version, at, hash_or_digest, command_id, written_position in rows:
         if kind == 1:
-            heads[stream_id] = (version, digest or GENESIS)
+            heads[stream_id] = (version, hash_or_digest or GENESIS)
         elif kind == 2:
             earlier.setdefault(command_id, []).append(
-                _Written(written_position, stream_id, version, at)
+                _Written(written_position, stream_id, version, at, hash_or_digest)
             )
     for written in earlier.values():
         written.sort()
 
-    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [], [])
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [], [], [])
     outcomes: list[AppendResult | Exception] = []
-    in_batch: dict[UUID, AppendResult] = {}
+    in_batch: dict[UUID, tuple[AppendResult, bytes | None]] = {}
     for pending in batch:
         meta = pending.metadata
         if meta.command_id in earlier:
-            outcomes.append(_result_from_rows(earlier[meta.command_id]))
+            if _reused(earlier[meta.command_id], meta.command_digest):
+                outcomes.append(CommandReusedError(meta.command_id))
+            else:
+                outcomes.append(_result_from_rows(earlier[meta.command_id]))
             continue
         if meta.command_id in in_batch:
-            outcomes.append(_as_duplicate(in_batch[meta.command_id]))
+            first, first_digest = in_batch[meta.command_id]
+            if _differ(first_digest, meta.command_digest):
+                outcomes.append(CommandReusedError(meta.command_id))
+            else:
+                outcomes.append(_as_duplicate(first))
             continue
         conflict = _conflict(pending, heads)
         if conflict is not None:
@@ -654,6 +679,7 @@ def _plan(batch: list[_PendingAppend], rows: Sequence[asyncpg.Record]) -> _Plan:
                     meta.actor,
                     meta.trace_id,
                     digest,
+                    meta.command_digest,
                 ),
                 strict=True,
             ):
@@ -664,18 +690,29 @@ def _plan(batch: list[_PendingAppend], rows: Sequence[asyncpg.Record]) -> _Plan:
             recorded_at=recorded_at,
         )
         if meta.command_id is not None:
-            in_batch[meta.command_id] = result
+            in_batch[meta.command_id] = (result, meta.command_digest)
         outcomes.append(result)
     return _Plan(outcomes, columns, head_position, position, recorded_at)
 
 
 class _Written(NamedTuple):
-    """An event a command already wrote."""
+    """An event a command already wrote, and the digest of what the command asked."""
 
     position: int
     stream_id: UUID
     version: int
     recorded_at: datetime
+    command_digest: bytes | None
+
+
+def _differ(recorded: bytes | None, asked: bytes | None) -> bool:
+    """Whether two digests show two different commands. A missing digest (an event
+    written before digests were kept, or a caller that sends none) matches any."""
+    return recorded is not None and asked is not None and recorded != asked
+
+
+def _reused(written: Sequence[_Written], asked: bytes | None) -> bool:
+    return _differ(written[0].command_digest, asked)
 
 
 def _result_from_rows(rows: Sequence[_Written]) -> AppendResult:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from enum import Enum
 from operator import itemgetter
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -80,3 +86,36 @@ class AppendMetadata:
     command_id: UUID | None = None
     actor: str | None = None
     trace_id: str | None = None
+    command_digest: bytes | None = None
+
+
+def command_digest(command: str, arguments: Mapping[str, Any]) -> bytes:
+    """A SHA-256 digest of what a command asks: its name and every argument the caller
+    gave, in a canonical JSON form (keys sorted; dates, UUIDs, enums, sets and
+    dataclasses by value). A retry asks the same and has the same digest; another
+    command sent with the same command id does not, and the store refuses it.
+
+    Pass only what the caller sent, never values the handler makes up (a clock reading,
+    a new id): those differ between a command and its retry."""
+    text = json.dumps(
+        [command, arguments],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=_canonical,
+    )
+    return hashlib.sha256(text.encode()).digest()
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=lambda v: json.dumps(v, sort_keys=True, default=_canonical))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot put {type(value).__name__} in a command digest: {value!r}")

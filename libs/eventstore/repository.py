@@ -60,8 +60,14 @@ class Repository:
     async def contains(self, aggregate_id: UUID) -> bool:
         return bool(await self.store.read_stream(aggregate_id, limit=1))
 
-    async def save(self, *aggregates: Aggregate, command_id: UUID | None = None) -> AppendResult:
-        """Appends the aggregates' pending events in one atomic append."""
+    async def save(
+        self,
+        *aggregates: Aggregate,
+        command_id: UUID | None = None,
+        command_digest: bytes | None = None,
+    ) -> AppendResult:
+        """Appends the aggregates' pending events in one atomic append (see
+        `EventStore.append` for what `command_id` and `command_digest` do)."""
         stored = [
             self.mapper.to_stored_event(event)
             for aggregate in aggregates
@@ -71,6 +77,7 @@ class Repository:
         return await self.store.append(
             stored,
             command_id=command_id,
+            command_digest=command_digest,
             actor=actor.subject if actor else None,
             trace_id=current_trace_id.get(),
         )

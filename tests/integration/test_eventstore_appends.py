@@ -9,7 +9,15 @@ from uuid import uuid4
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from libs.eventstore import ConcurrencyError, EventStore, EventStoreError, InvalidAppendError
+from libs.eventstore import (
+    CommandReusedError,
+    ConcurrencyError,
+    EventStore,
+    EventStoreError,
+    InvalidAppendError,
+    command_digest,
+    create_schema,
+)
 
 
 def events(stream, versions, topic="t"):
@@ -100,6 +108,89 @@ async def test_concurrent_retries_of_one_command_append_once(store):
     assert len({r.positions for r in results}) == 1
     assert sum(not r.duplicate for r in results) == 1
     assert await store.head_position() == 1
+
+
+async def test_a_command_id_reused_for_a_different_command_is_refused(store):
+    command = uuid4()
+    asked = command_digest("register", {"name": "Ada"})
+    original = await store.append(events(uuid4(), [1]), command_id=command, command_digest=asked)
+    # The same command again is a retry...
+    retry = await store.append(events(uuid4(), [1]), command_id=command, command_digest=asked)
+    assert retry.duplicate and retry.positions == original.positions
+    # ...but the id sent with a different command is refused, not answered with the
+    # first command's result, and nothing is written.
+    other = command_digest("register", {"name": "Grace"})
+    with pytest.raises(CommandReusedError) as raised:
+        await store.append(events(uuid4(), [1]), command_id=command, command_digest=other)
+    assert raised.value.command_id == command
+    with pytest.raises(CommandReusedError):
+        await store.command_result(command, command_digest=other)
+    assert (await store.command_result(command, command_digest=asked)).positions == (1,)
+    assert await store.head_position() == 1
+
+
+async def test_a_command_id_reused_within_one_group_is_refused_for_the_different_command(store):
+    command = uuid4()
+    first, second = command_digest("a", {}), command_digest("b", {})
+    outcomes = await asyncio.gather(
+        store.append(events(uuid4(), [1]), command_id=command, command_digest=first),
+        store.append(events(uuid4(), [1]), command_id=command, command_digest=second),
+        store.append(events(uuid4(), [1]), command_id=command, command_digest=first),
+        return_exceptions=True,
+    )
+    assert [type(o).__name__ for o in outcomes] == [
+        "AppendResult",
+        "CommandReusedError",
+        "AppendResult",
+    ]
+    assert outcomes[2].duplicate and outcomes[2].positions == outcomes[0].positions
+    assert await store.head_position() == 1
+
+
+async def test_a_command_without_a_digest_is_matched_by_its_id_alone(store):
+    # Events written before digests were kept have none; a retry sent without one
+    # (an older client library) is matched by command id as before.
+    command = uuid4()
+    original = await store.append(events(uuid4(), [1]), command_id=command)
+    retry = await store.append(
+        events(uuid4(), [1]), command_id=command, command_digest=command_digest("x", {})
+    )
+    assert retry.duplicate and retry.positions == original.positions
+
+
+async def test_a_store_made_before_command_digests_gains_the_column_and_keeps_its_events(
+    pool, schema
+):
+    old = EventStore(pool, schema)
+    command = uuid4()
+    await pool.execute(f'ALTER TABLE "{schema}".stored_events DROP COLUMN command_digest')
+    await pool.execute(
+        f'INSERT INTO "{schema}".stored_events (originator_id, originator_version, topic, '
+        f"state, notification_id, command_id) VALUES ($1, 1, 't', '', 1, $2)",
+        uuid4(),
+        command,
+    )
+    await pool.execute(f'UPDATE "{schema}".stored_events_head SET last_position = 1')
+    async with pool.acquire() as conn:
+        await create_schema(conn, schema)
+        await create_schema(conn, schema)  # and again: nothing more to do
+    digest = command_digest("x", {})
+    # The old event has no digest, so a retry of its command still finds it.
+    retry = await old.append(events(uuid4(), [1]), command_id=command, command_digest=digest)
+    assert retry.duplicate and retry.positions == (1,)
+    fresh = await old.append(events(uuid4(), [1]), command_id=uuid4(), command_digest=digest)
+    assert fresh.positions == (2,)
+    await old.close()
+
+
+def test_a_command_digest_depends_on_the_command_and_every_argument():
+    assert command_digest("register", {"a": 1, "b": "x"}) == command_digest(
+        "register", {"b": "x", "a": 1}
+    )
+    assert command_digest("register", {"a": 1}) != command_digest("rename", {"a": 1})
+    assert command_digest("register", {"a": 1}) != command_digest("register", {"a": 2})
+    assert command_digest("register", {"a": None}) != command_digest("register", {})
+    assert len(command_digest("register", {})) == 32
 
 
 async def test_recorded_at_is_the_database_clock_and_never_goes_backwards(store, pool):

@@ -11,6 +11,7 @@ CREATE TABLE IF NOT EXISTS {schema}.stored_events (
     actor text,
     trace_id text,
     hash bytea,
+    command_digest bytea,
     PRIMARY KEY (originator_id, originator_version)
 ) WITH (
     autovacuum_vacuum_threshold = 100000000,
