@@ -18,7 +18,12 @@ from libs.domain.errors import (
     RuleViolatedError,
 )
 from libs.eventstore.database import database_unavailable
-from libs.eventstore.errors import ConcurrencyError, EventStoreError, ProjectionLagError
+from libs.eventstore.errors import (
+    CommandReusedError,
+    ConcurrencyError,
+    EventStoreError,
+    ProjectionLagError,
+)
 
 ERROR_DOMAIN = "throughline.dev"
 
@@ -97,6 +102,20 @@ def status_for(error: Exception) -> status_pb2.Status | None:
             f"{error}; reload and retry",
             R.ERROR_REASON_CONCURRENCY_CONFLICT,
             metadata={"stream_id": str(error.stream_id)},
+        )
+    if isinstance(error, CommandReusedError):
+        return build_status(
+            code_pb2.ALREADY_EXISTS,
+            str(error),
+            R.ERROR_REASON_ALREADY_EXISTS,
+            metadata={"kind": "command", "key": str(error.command_id)},
+            violations=[
+                (
+                    "command_id",
+                    "was already used for a different command: send a new command id, "
+                    "or repeat the first command exactly to retry it",
+                )
+            ],
         )
     if isinstance(error, ProjectionLagError):
         return build_status(

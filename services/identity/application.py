@@ -1,6 +1,7 @@
 """Identity command handlers and queries: load, decide, save. Every command carries a
-client command id; a retry returns the first result and records nothing new. A command
-that loses a race to another writer reloads and decides again."""
+client command id; a retry returns the first result and records nothing new, and the same
+id sent with a different command is refused. A command that loses a race to another
+writer reloads and decides again."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from libs.eventstore import (
     EventStore,
     Repository,
     TrackingStore,
+    command_digest,
 )
 from services.identity.domain import IdentifierClaim, Name, Person, Sex, Status, claim_id
 from services.identity.identifiers import Identifier
@@ -55,6 +57,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def asked(command: str, **arguments: object) -> bytes:
+    """The digest of an identity command and the arguments its caller gave."""
+    return command_digest(f"identity.{command}", arguments)
+
+
 class IdentityApplication:
     def __init__(
         self,
@@ -76,28 +83,34 @@ class IdentityApplication:
     async def _run(
         self,
         command_id: UUID,
+        digest: bytes,
         decide: Callable[[bool], Awaitable[tuple[UUID, list[Aggregate]]]],
     ) -> Written:
         # A retry is recognised without a look-up first: the store refuses to append a
-        # command id twice and hands back the original result. Only when deciding again
-        # fails (the first attempt already changed the record) or appends nothing is
-        # the command id looked up.
+        # command id twice and hands back the original result, or refuses the append
+        # when the id was first used for a different command (`digest` tells them
+        # apart). Only when deciding again fails (the first attempt already changed the
+        # record) or appends nothing is the command id looked up.
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 person_id, aggregates = await decide(attempt == 1)
             except DomainError:
-                if earlier := await self.store.command_result(command_id):
+                if earlier := await self.store.command_result(command_id, command_digest=digest):
                     return await self._written(earlier)
                 raise
             try:
-                result = await self.repository.save(*aggregates, command_id=command_id)
+                result = await self.repository.save(
+                    *aggregates, command_id=command_id, command_digest=digest
+                )
             except ConcurrencyError:
                 if attempt == MAX_ATTEMPTS:
                     raise
                 continue
             if result.duplicate:
                 return await self._written(result)
-            if not result.positions and (earlier := await self.store.command_result(command_id)):
+            if not result.positions and (
+                earlier := await self.store.command_result(command_id, command_digest=digest)
+            ):
                 return await self._written(earlier)
             return Written(person_id, result.last_position, duplicate=False)
         raise AssertionError("unreachable")
@@ -162,7 +175,16 @@ class IdentityApplication:
             )
             return person.id, [person, *claims]
 
-        return await self._run(command_id, decide)
+        digest = asked(
+            "register_person",
+            name=name,
+            date_of_birth=date_of_birth,
+            sex=sex,
+            identifiers=sorted(set(identifiers)),
+            aliases=aliases,
+            occurred_at=occurred_at,
+        )
+        return await self._run(command_id, digest, decide)
 
     async def record_identifier(
         self, command_id: UUID, person_id: UUID, identifier: Identifier
@@ -172,7 +194,8 @@ class IdentityApplication:
             person.record_identifier(identifier, self.clock())
             return person.id, [person, *await self._claims_for(person.id, [identifier])]
 
-        return await self._run(command_id, decide)
+        digest = asked("record_identifier", person_id=person_id, identifier=identifier)
+        return await self._run(command_id, digest, decide)
 
     async def retire_identifier(
         self, command_id: UUID, person_id: UUID, identifier: Identifier, reason: str
@@ -187,26 +210,37 @@ class IdentityApplication:
                 changed.append(claim)
             return person.id, changed
 
-        return await self._run(command_id, decide)
+        digest = asked(
+            "retire_identifier", person_id=person_id, identifier=identifier, reason=reason
+        )
+        return await self._run(command_id, digest, decide)
 
     async def _change(
-        self, command_id: UUID, person_id: UUID, change: Callable[[Person], None]
+        self, command_id: UUID, person_id: UUID, digest: bytes, change: Callable[[Person], None]
     ) -> Written:
         async def decide(first_attempt: bool):
             person = await self._person(person_id)
             change(person)
             return person.id, [person]
 
-        return await self._run(command_id, decide)
+        return await self._run(command_id, digest, decide)
 
     async def add_alias(self, command_id: UUID, person_id: UUID, alias: Name) -> Written:
-        return await self._change(command_id, person_id, lambda p: p.add_alias(alias, self.clock()))
+        return await self._change(
+            command_id,
+            person_id,
+            asked("add_alias", person_id=person_id, alias=alias),
+            lambda p: p.add_alias(alias, self.clock()),
+        )
 
     async def change_name(
         self, command_id: UUID, person_id: UUID, name: Name, reason: str
     ) -> Written:
         return await self._change(
-            command_id, person_id, lambda p: p.change_name(name, reason, self.clock())
+            command_id,
+            person_id,
+            asked("change_name", person_id=person_id, name=name, reason=reason),
+            lambda p: p.change_name(name, reason, self.clock()),
         )
 
     async def correct_date_of_birth(
@@ -215,12 +249,21 @@ class IdentityApplication:
         return await self._change(
             command_id,
             person_id,
+            asked(
+                "correct_date_of_birth",
+                person_id=person_id,
+                date_of_birth=date_of_birth,
+                reason=reason,
+            ),
             lambda p: p.correct_date_of_birth(date_of_birth, reason, self.clock()),
         )
 
     async def record_death(self, command_id: UUID, person_id: UUID, date_of_death: date) -> Written:
         return await self._change(
-            command_id, person_id, lambda p: p.record_death(date_of_death, self.clock())
+            command_id,
+            person_id,
+            asked("record_death", person_id=person_id, date_of_death=date_of_death),
+            lambda p: p.record_death(date_of_death, self.clock()),
         )
 
     async def merge_people(
@@ -243,7 +286,10 @@ class IdentityApplication:
                     claims.append(claim)
             return survivor.id, [survivor, duplicate, *claims]
 
-        return await self._run(command_id, decide)
+        digest = asked(
+            "merge_people", survivor_id=survivor_id, duplicate_id=duplicate_id, reason=reason
+        )
+        return await self._run(command_id, digest, decide)
 
     async def unmerge_people(
         self, command_id: UUID, survivor_id: UUID, duplicate_id: UUID, reason: str
@@ -260,7 +306,10 @@ class IdentityApplication:
                     claims.append(claim)
             return duplicate.id, [duplicate, survivor, *claims]
 
-        return await self._run(command_id, decide)
+        digest = asked(
+            "unmerge_people", survivor_id=survivor_id, duplicate_id=duplicate_id, reason=reason
+        )
+        return await self._run(command_id, digest, decide)
 
     async def mark_not_duplicate(
         self, command_id: UUID, person_id: UUID, other_id: UUID, reason: str
@@ -271,7 +320,8 @@ class IdentityApplication:
             person.mark_not_duplicate(other, reason, self.clock())
             return person.id, [person, other]
 
-        return await self._run(command_id, decide)
+        digest = asked("mark_not_duplicate", person_id=person_id, other_id=other_id, reason=reason)
+        return await self._run(command_id, digest, decide)
 
     # ------------------------------------------------------------------- queries
 

@@ -97,8 +97,33 @@ async def test_register_then_get_by_id_and_by_identifier_in_any_form(client):
 async def test_a_retried_registration_returns_the_same_person(client):
     command = str(uuid4())
     first = await client.RegisterPerson(registration(command_id=command))
-    again = await client.RegisterPerson(registration(given="Someone Else", command_id=command))
+    again = await client.RegisterPerson(registration(command_id=command))
     assert again.person_id == first.person_id and again.position == first.position
+
+
+async def test_a_command_id_sent_again_with_another_person_is_refused(client):
+    # Answering with the first person's id would file the second person's records
+    # under someone else.
+    command = str(uuid4())
+    first = await client.RegisterPerson(registration(command_id=command))
+    error = await failure(
+        client.RegisterPerson(registration(given="Someone Else", command_id=command))
+    )
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert dict(details_of(error)["ErrorInfo"].metadata) == {"kind": "command", "key": command}
+    assert [field for field, _ in violations_of(error)] == ["command_id"]
+    error = await failure(
+        client.AddAlias(
+            pb.AddAliasRequest(
+                command_id=command,
+                person_id=first.person_id,
+                alias=pb.Name(given_names="Annie", family_name="Example"),
+            )
+        )
+    )
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    person = await client.GetPerson(pb.GetPersonRequest(person_id=first.person_id))
+    assert person.person.name.given_names == "Ann" and not person.person.aliases
 
 
 async def test_bad_registrations_name_every_field_and_rule(client):

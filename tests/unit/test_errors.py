@@ -4,12 +4,14 @@ PostgreSQL refused is not explained (UNKNOWN), since it is our bug, not theirs."
 
 from __future__ import annotations
 
+from uuid import uuid4
+
 import asyncpg
 import pytest
 from google.rpc import code_pb2, error_details_pb2
 
 from libs.chassis.errors import status_for
-from libs.eventstore import EventStoreError, ProjectionLagError
+from libs.eventstore import CommandReusedError, EventStoreError, ProjectionLagError
 
 
 def error_info(status) -> error_details_pb2.ErrorInfo:
@@ -45,6 +47,16 @@ def test_postgresql_unreachable_is_unavailable(error):
     status = status_for(error)
     assert status is not None and status.code == code_pb2.UNAVAILABLE
     assert "retry" in status.message
+
+
+def test_a_reused_command_id_already_exists_and_names_the_field():
+    command = uuid4()
+    status = status_for(CommandReusedError(command))
+    assert status.code == code_pb2.ALREADY_EXISTS
+    assert dict(error_info(status).metadata) == {"kind": "command", "key": str(command)}
+    request = error_details_pb2.BadRequest()
+    assert status.details[1].Unpack(request)
+    assert [v.field for v in request.field_violations] == ["command_id"]
 
 
 def test_a_failed_save_is_unavailable_and_safe_to_retry():

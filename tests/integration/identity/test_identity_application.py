@@ -14,7 +14,7 @@ from libs.domain.errors import (
     NotFoundError,
     RuleViolatedError,
 )
-from libs.eventstore import ProjectionLagError
+from libs.eventstore import CommandReusedError, ProjectionLagError
 from services.identity.bootstrap import bootstrap
 from services.identity.domain import Name, Sex
 from services.identity.identifiers import parse_identifier
@@ -72,9 +72,36 @@ async def test_a_retried_command_returns_the_first_result_and_records_nothing(id
     command = uuid4()
     first = await register(app, ids=[PNC], command=command)
     head = await identity.store.head_position()
-    again = await register(app, given="Different", command=command)
+    again = await register(app, ids=[PNC], command=command)
     assert again.person_id == first.person_id and again.duplicate
     assert await identity.store.head_position() == head
+
+
+async def test_a_command_id_reused_for_a_different_command_is_refused(identity):
+    app = identity.application
+    command = uuid4()
+    first = await register(app, ids=[PNC], command=command)
+    head = await identity.store.head_position()
+    with pytest.raises(CommandReusedError):
+        await register(app, given="Different", ids=[PNC], command=command)
+    with pytest.raises(CommandReusedError):
+        await register(app, ids=[PNC], dob=date(1980, 5, 18), command=command)
+    with pytest.raises(CommandReusedError):
+        await app.add_alias(command, first.person_id, Name("Annie", "Example"))
+    assert await identity.store.head_position() == head
+
+
+async def test_a_reused_command_id_is_refused_even_when_the_new_command_cannot_be_done(identity):
+    # Deciding fails here, so the store is asked for the command's earlier result: a
+    # different command's result must not be handed back as this one's.
+    app = identity.application
+    survivor, duplicate = await register(app), await register(app, given="Anne")
+    command = uuid4()
+    await app.merge_people(command, survivor.person_id, duplicate.person_id, "same person")
+    with pytest.raises(CommandReusedError):
+        await app.merge_people(command, duplicate.person_id, survivor.person_id, "same person")
+    with pytest.raises(CommandReusedError):
+        await app.merge_people(command, survivor.person_id, duplicate.person_id, "other reason")
 
 
 async def test_retiring_an_identifier_frees_it_for_someone_else(identity):
