@@ -108,7 +108,10 @@ def command_digest(command: str, arguments: Mapping[str, Any]) -> bytes:
 
 
 def _canonical(value: Any) -> Any:
-    if isinstance(value, datetime | date):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # Field by field, one level: json.dumps comes back here for what they hold.
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, date):  # datetimes too
         return value.isoformat()
     if isinstance(value, UUID):
         return str(value)
@@ -116,6 +119,4 @@ def _canonical(value: Any) -> Any:
         return value.value
     if isinstance(value, set | frozenset):
         return sorted(value, key=lambda v: json.dumps(v, sort_keys=True, default=_canonical))
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
     raise TypeError(f"cannot put {type(value).__name__} in a command digest: {value!r}")
