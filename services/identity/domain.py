@@ -211,6 +211,13 @@ class Person(Aggregate):
         if date_of_birth == self.date_of_birth:
             return
         check_date_of_birth(date_of_birth, occurred_at.date())
+        if self.date_of_death is not None and date_of_birth > self.date_of_death:
+            raise InvalidFieldError(
+                (
+                    "date_of_birth",
+                    f"must not be after the recorded date of death ({self.date_of_death})",
+                )
+            )
         self._date_of_birth_corrected(
             date_of_birth=date_of_birth,
             previous=self.date_of_birth,

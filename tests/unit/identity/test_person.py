@@ -100,6 +100,16 @@ def test_death_before_birth_or_twice_is_refused():
         ann.record_death(date(2026, 1, 2), NOW)
 
 
+def test_a_date_of_birth_cannot_be_corrected_to_after_the_date_of_death():
+    ann = person()
+    ann.record_death(date(2001, 3, 4), NOW)
+    with pytest.raises(InvalidFieldError) as raised:
+        ann.correct_date_of_birth(date(2001, 3, 5), "misread", NOW)
+    assert raised.value.violations[0][0] == "date_of_birth"
+    ann.correct_date_of_birth(date(2001, 3, 4), "born the day they died", NOW)
+    assert ann.date_of_birth == date(2001, 3, 4)
+
+
 def test_a_merge_moves_identifiers_and_names_and_leaves_a_redirect():
     survivor = person(identifiers=[NOMS])
     duplicate = person(given="Anne", identifiers=[PNC])
