@@ -1,6 +1,7 @@
 """The per-stream hash chain: each event's hash covers the previous event's hash in the
-same stream and everything stored about the event, so an edit, a deletion or a
-reordering after the fact no longer verifies."""
+same stream and everything stored about the event (but `command_digest`, which only
+tells a retry from a reused command id), so an edit, a deletion or a reordering after
+the fact no longer verifies."""
 
 from __future__ import annotations
 
