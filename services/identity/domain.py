@@ -17,6 +17,8 @@ from libs.domain.errors import InvalidFieldError, RuleViolatedError
 from services.identity.identifiers import Identifier, IdentifierType
 
 OLDEST_AGE_YEARS = 130
+MAX_NAME_LENGTH = 200  # each of given names and family name
+MAX_REASON_LENGTH = 2000  # a reason explains a decision; documents belong elsewhere
 CLAIM_NAMESPACE = uuid5(NAMESPACE_URL, "https://throughline.dev/identity/identifier-claim")
 
 
@@ -53,8 +55,8 @@ class Name:
             (f"{prefix}given_names", given),
             (f"{prefix}family_name", family),
         ):
-            if len(value) > 200:
-                violations.append((name_field, "must be at most 200 characters"))
+            if len(value) > MAX_NAME_LENGTH:
+                violations.append((name_field, f"must be at most {MAX_NAME_LENGTH} characters"))
             if any(unicodedata.category(c) in ("Cc", "Cf") for c in value):
                 violations.append((name_field, "must not contain control characters"))
         if violations:
@@ -81,6 +83,8 @@ def check_reason(reason: str, *, field: str = "reason") -> str:
     reason = (reason or "").strip()
     if not reason:
         raise InvalidFieldError((field, "must say why (it is kept with the record)"))
+    if len(reason) > MAX_REASON_LENGTH:
+        raise InvalidFieldError((field, f"must be at most {MAX_REASON_LENGTH} characters"))
     return reason
 
 

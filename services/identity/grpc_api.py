@@ -10,12 +10,15 @@ from libs.chassis.feed import EventFeedServicer
 from libs.chassis.server import Registration, Server
 from services.identity.application import IdentityApplication, PersonView
 from services.identity.bootstrap import Identity
-from services.identity.domain import Name
+from services.identity.domain import MAX_NAME_LENGTH, Name
 from services.identity.matching import DEFAULT_THRESHOLD
 from services.identity.translate import (
+    MAX_ALIASES,
+    MAX_IDENTIFIERS,
     Violations,
     birth_date_field,
     candidate_pb,
+    each,
     event_translator,
     identifier_field,
     limit_field,
@@ -64,10 +67,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         name = name_field(request.name, "name", v)
         date_of_birth = birth_date_field(request.date_of_birth, "date_of_birth", v)
         sex = sex_field(request.sex, "sex", v)
-        identifiers = [
-            identifier_field(i, f"identifiers[{n}]", v) for n, i in enumerate(request.identifiers)
-        ]
-        aliases = [name_field(a, f"aliases[{n}]", v) for n, a in enumerate(request.aliases)]
+        identifiers = each(
+            request.identifiers, "identifiers", v, identifier_field, most=MAX_IDENTIFIERS
+        )
+        aliases = each(request.aliases, "aliases", v, name_field, most=MAX_ALIASES)
         v.raise_if_any()
         written = await self.app.register_person(
             command_id, name, date_of_birth, sex, identifiers, aliases
@@ -186,14 +189,17 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         if request.HasField("name"):
             # A search may give either part of a name; it is never stored.
             given, family = request.name.given_names.strip(), request.name.family_name.strip()
+            for part, value in (("given_names", given), ("family_name", family)):
+                if len(value) > MAX_NAME_LENGTH:
+                    v.add(f"name.{part}", f"must be at most {MAX_NAME_LENGTH} characters")
             if given or family:
                 names = [Name(given, family)]
             else:
                 v.add("name", "give a given name, a family name or both, or leave name out")
         date_of_birth = birth_date_field(request.date_of_birth, "date_of_birth", v, required=False)
-        identifiers = [
-            identifier_field(i, f"identifiers[{n}]", v) for n, i in enumerate(request.identifiers)
-        ]
+        identifiers = each(
+            request.identifiers, "identifiers", v, identifier_field, most=MAX_IDENTIFIERS
+        )
         limit = limit_field(request.limit, "limit", v)
         min_position = position_field(request.min_position, "min_position", v)
         if not names and date_of_birth is None and not identifiers and not v.found:

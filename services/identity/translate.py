@@ -3,8 +3,9 @@ breaks a rule so a request learns all its problems at once."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.persistence import Mapper
@@ -39,6 +40,17 @@ class Violations:
     def raise_if_any(self) -> None:
         if self.found:
             raise InvalidFieldError(*self.found)
+
+
+T = TypeVar("T")
+
+# Per request: enough for the most-aliased people on the national record, small enough
+# that one request cannot make an event or a search of unbounded size.
+MAX_IDENTIFIERS = 50
+MAX_ALIASES = 100
+_SEXES = ", ".join(name for name, number in pb.Sex.items() if number != pb.SEX_UNSPECIFIED)
+_SEX_NUMBERS = frozenset(pb.Sex.values())
+_IDENTIFIER_TYPE_NUMBERS = frozenset(pb.IdentifierType.values())
 
 
 def today() -> date:
@@ -100,6 +112,9 @@ def identifier_field(message: pb.Identifier, field: str, v: Violations) -> Ident
     if message.type == pb.IDENTIFIER_TYPE_UNSPECIFIED:
         v.add(f"{field}.type", "must be set")
         return None
+    if message.type not in _IDENTIFIER_TYPE_NUMBERS:
+        v.add(f"{field}.type", f"{message.type} is not an identifier type this service knows")
+        return None
     kind = pb.IdentifierType.Name(message.type).removeprefix("IDENTIFIER_TYPE_")
     try:
         return parse_identifier(kind, message.value)
@@ -112,7 +127,25 @@ def sex_field(value: int, field: str, v: Violations) -> Sex | None:
     if value == pb.SEX_UNSPECIFIED:
         v.add(field, "must be set")
         return None
+    if value not in _SEX_NUMBERS:
+        v.add(field, f"must be one of {_SEXES}")
+        return None
     return Sex(pb.Sex.Name(value).removeprefix("SEX_"))
+
+
+def each(
+    items: Sequence[Any],
+    field: str,
+    v: Violations,
+    check: Callable[[Any, str, Violations], T],
+    *,
+    most: int,
+) -> list[T]:
+    """Checks each entry of a repeated field, which may have at most `most` entries."""
+    if len(items) > most:
+        v.add(field, f"must have at most {most} entries")
+        return []
+    return [check(item, f"{field}[{n}]", v) for n, item in enumerate(items)]
 
 
 def reason_field(value: str, field: str, v: Violations) -> str:

@@ -148,6 +148,52 @@ async def test_bad_registrations_name_every_field_and_rule(client):
     assert violations_of(error) == [("date_of_birth", "must be a real calendar date")]
 
 
+async def test_enum_numbers_this_service_does_not_know_are_invalid_not_unknown(client):
+    # proto3 enums are open: a newer or careless client can send any number.
+    request = registration(ids=[NOMS])
+    request.sex = 99
+    request.identifiers[0].type = 42
+    error = await failure(client.RegisterPerson(request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations_of(error) == [
+        ("sex", "must be one of SEX_MALE, SEX_FEMALE, SEX_NOT_KNOWN, SEX_NOT_SPECIFIED"),
+        ("identifiers[0].type", "42 is not an identifier type this service knows"),
+    ]
+
+
+async def test_oversized_lists_and_reasons_are_refused_before_anything_is_written(client):
+    request = registration()
+    request.aliases.extend(pb.Name(given_names=f"A{n}", family_name="Example") for n in range(101))
+    request.identifiers.extend(
+        pb.Identifier(type=pb.IDENTIFIER_TYPE_BOOKING, value=f"{n:05d}A") for n in range(51)
+    )
+    error = await failure(client.RegisterPerson(request))
+    assert violations_of(error) == [
+        ("identifiers", "must have at most 50 entries"),
+        ("aliases", "must have at most 100 entries"),
+    ]
+    person = await client.RegisterPerson(registration())
+    error = await failure(
+        client.ChangeName(
+            pb.ChangeNameRequest(
+                command_id=str(uuid4()),
+                person_id=person.person_id,
+                name=pb.Name(given_names="Anne", family_name="Example"),
+                reason="x" * 2001,
+            )
+        )
+    )
+    assert violations_of(error) == [("reason", "must be at most 2000 characters")]
+    search = pb.SearchPeopleRequest(
+        identifiers=[pb.Identifier(type=pb.IDENTIFIER_TYPE_NOMS, value="A1234AA")] * 51
+    )
+    error = await failure(client.SearchPeople(search))
+    assert violations_of(error) == [("identifiers", "must have at most 50 entries")]
+    search = pb.SearchPeopleRequest(name=pb.Name(family_name="x" * 201))
+    error = await failure(client.SearchPeople(search))
+    assert violations_of(error) == [("name.family_name", "must be at most 200 characters")]
+
+
 async def test_an_identifier_held_by_someone_else_is_already_exists_naming_the_holder(client):
     holder = await client.RegisterPerson(registration(ids=[NOMS]))
     other = await client.RegisterPerson(registration(given="Bob"))
