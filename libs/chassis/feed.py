@@ -3,7 +3,7 @@ server-streaming `SubscribeEvents`, each event in an `EventEnvelope` with a type
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,6 +16,10 @@ from libs.eventstore import EventStore, RecordedEvent
 
 MAX_BATCH = 10_000
 DEFAULT_BATCH = 1000
+# Below gRPC's default 4 MiB limit on a message a client receives: a batch of large
+# events is sent as several messages (SubscribeEvents) or cut short (ReadEvents) rather
+# than failing in every consumer with RESOURCE_EXHAUSTED.
+MAX_RESPONSE_BYTES = 3 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,26 @@ def envelope(event: RecordedEvent, translate: Translator) -> feed_pb2.EventEnvel
     )
 
 
+def chunks(
+    events: Iterable[RecordedEvent], translate: Translator, max_bytes: int
+) -> Iterator[list[feed_pb2.EventEnvelope]]:
+    """The events' envelopes, in order, in lists whose encoded size stays within
+    `max_bytes` (a list always holds at least one, however large)."""
+    chunk: list[feed_pb2.EventEnvelope] = []
+    size = 0
+    for event in events:
+        packed = envelope(event, translate)
+        # Each repeated entry costs its own size, a tag byte and a length varint.
+        entry = packed.ByteSize() + 6
+        if chunk and size + entry > max_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(packed)
+        size += entry
+    if chunk:
+        yield chunk
+
+
 def _validated(after: int, size: int, size_field: str) -> tuple[int, int]:
     violations = []
     if after < 0:
@@ -67,23 +91,30 @@ def _validated(after: int, size: int, size_field: str) -> tuple[int, int]:
 
 
 class EventFeedServicer(feed_pb2_grpc.EventFeedServiceServicer):
-    def __init__(self, store: EventStore, translate: Translator) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        translate: Translator,
+        *,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
         self._store = store
         self._translate = translate
+        self._max_bytes = max_response_bytes
 
     async def ReadEvents(self, request, context) -> feed_pb2.ReadEventsResponse:
+        """Up to `limit` events after `after`: fewer when they would not fit in one
+        message. Read on from the last position returned until it is `head_position`."""
         after, limit = _validated(request.after, request.limit, "limit")
         head = await self._store.head_position()
         events = await self._store.read_all(after, limit, upto=head)
-        return feed_pb2.ReadEventsResponse(
-            events=[envelope(e, self._translate) for e in events], head_position=head
-        )
+        first = next(chunks(events, self._translate, self._max_bytes), [])
+        return feed_pb2.ReadEventsResponse(events=first, head_position=head)
 
     async def SubscribeEvents(
         self, request, context
     ) -> AsyncIterator[feed_pb2.SubscribeEventsResponse]:
         after, size = _validated(request.after, request.batch_size, "batch_size")
         async for batch in self._store.subscribe_batches(after, batch_size=size):
-            yield feed_pb2.SubscribeEventsResponse(
-                events=[envelope(e, self._translate) for e in batch]
-            )
+            for chunk in chunks(batch, self._translate, self._max_bytes):
+                yield feed_pb2.SubscribeEventsResponse(events=chunk)

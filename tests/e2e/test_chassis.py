@@ -279,6 +279,65 @@ async def test_subscribe_streams_batches_then_live_events(server):
     assert max(batch_sizes) == 2
 
 
+@pytest.fixture
+async def small_messages(store):
+    """A feed that keeps each message within 2 KB, and a way to write notes to it."""
+    mapper = create_mapper(cipher_key="")
+    verifier = TokenVerifier(SECRET)
+    server = Server(
+        "notes",
+        [],
+        verifier=verifier,
+        policy=AccessPolicy({"/throughline.feed.v1.EventFeedService/": frozenset({"feed.read"})}),
+        feed=EventFeedServicer(store, translate_with(mapper), max_response_bytes=2048),
+    )
+    port = await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    repository = Repository(store, mapper)
+
+    async def write(n: int) -> None:
+        for i in range(n):
+            await repository.save(Note(text=f"{i:03d}" + "x" * 297, written_on=date(2026, 1, 1)))
+
+    yield feed_pb2_grpc.EventFeedServiceStub(channel), auth(verifier, "feed.read"), write
+    await channel.close()
+    await server.stop(0)
+
+
+async def test_a_read_of_large_events_is_cut_to_fit_one_message(small_messages):
+    feed, metadata, write = small_messages
+    await write(20)  # each envelope is a little over 300 bytes
+    after, seen, sizes = 0, [], []
+    while True:
+        response = await feed.ReadEvents(
+            feed_pb2.ReadEventsRequest(after=after, limit=100), metadata=metadata
+        )
+        if not response.events:
+            break
+        sizes.append(response.ByteSize())
+        seen.extend(e.position for e in response.events)
+        after = response.events[-1].position
+    assert seen == list(range(1, 21))
+    assert len(sizes) > 1 and max(sizes) <= 2048
+
+
+async def test_a_subscribed_batch_of_large_events_arrives_as_several_messages(small_messages):
+    feed, metadata, write = small_messages
+    await write(20)
+    call = feed.SubscribeEvents(
+        feed_pb2.SubscribeEventsRequest(after=0, batch_size=100), metadata=metadata
+    )
+    seen, sizes = [], []
+    async for message in call:
+        sizes.append(message.ByteSize())
+        seen.extend(e.position for e in message.events)
+        if seen[-1] == 20:
+            break
+    call.cancel()
+    assert seen == list(range(1, 21))
+    assert len(sizes) > 1 and max(sizes) <= 2048
+
+
 async def test_feed_arguments_are_validated_with_the_field_named(server):
     channel, verifier = server
     feed = feed_pb2_grpc.EventFeedServiceStub(channel)
