@@ -375,6 +375,53 @@ async def test_a_search_for_a_position_not_yet_written_is_refused_at_once(client
     assert field == "min_position" and f"newest: {written.position}" in rule
 
 
+async def test_merge_decisions_record_who_decided_and_why(client):
+    first = await client.RegisterPerson(registration(ids=[NOMS]))
+    second = await client.RegisterPerson(registration(given="Anne", ids=[PNC]))
+    third = await client.RegisterPerson(registration(given="Annie"))
+    supervisor = (
+        ("authorization", f"Bearer {client.verifier.mint('supervisor:bo', ['identity.merge'])}"),
+    )
+    ids = {"survivor_person_id": first.person_id, "duplicate_person_id": second.person_id}
+    await client.MergePeople(
+        pb.MergePeopleRequest(command_id=str(uuid4()), reason="same prints", **ids),
+        metadata=supervisor,
+    )
+    await client.UnmergePeople(
+        pb.UnmergePeopleRequest(command_id=str(uuid4()), reason="prints misread", **ids),
+        metadata=supervisor,
+    )
+    await client.MarkNotDuplicate(
+        pb.MarkNotDuplicateRequest(
+            command_id=str(uuid4()),
+            person_id=first.person_id,
+            other_person_id=third.person_id,
+            reason="twins",
+        ),
+        metadata=supervisor,
+    )
+    feed = feed_pb2_grpc.EventFeedServiceStub(client.channel)
+    response = await feed.ReadEvents(feed_pb2.ReadEventsRequest(), metadata=client.metadata)
+    decided = {}
+    for envelope in response.events:
+        kind = envelope.event_type.rsplit(".", 1)[1]
+        if kind in ("Registered", "Claimed"):  # the clerk's registrations
+            assert envelope.actor == "clerk:ann"
+        elif kind == "Reclaimed":  # identifiers moving with a merge and back
+            assert envelope.actor == "supervisor:bo"
+        else:
+            event = pb.PersonEvent()
+            assert envelope.payload.Unpack(event)
+            decided.setdefault(kind, []).append((envelope.actor, event.reason))
+    assert decided == {
+        "MergedInto": [("supervisor:bo", "same prints")],
+        "DuplicateAbsorbed": [("supervisor:bo", "same prints")],
+        "Unmerged": [("supervisor:bo", "prints misread")],
+        "DuplicateReleased": [("supervisor:bo", "prints misread")],
+        "NotDuplicateMarked": [("supervisor:bo", "twins"), ("supervisor:bo", "twins")],
+    }
+
+
 async def test_the_feed_carries_typed_person_events_with_their_facts(client):
     person = await client.RegisterPerson(registration(ids=[PNC]))
     await client.CorrectDateOfBirth(
