@@ -10,7 +10,7 @@ SITE := $(shell $(PYTHON) -c 'import sys; print(f"python{sys.version_info[0]}.{s
 PROTO_SOURCES := $(shell find protos -name '*.proto')
 PROTO_STAMP := protos/.generated
 
-.PHONY: setup run test bench bench-eventstore bench-identity protos lint db-url db-stop clean
+.PHONY: setup run test bench bench-eventstore bench-identity bench-identity-stages protos lint db-url db-stop clean
 
 setup: $(STAMP) $(PROTO_STAMP)
 
@@ -49,6 +49,11 @@ bench-eventstore: setup
 
 bench-identity: setup
 	$(PY) -m bench.identity
+
+# Where a RegisterPerson's server CPU goes: gRPC and the servicer, the application, the
+# store, the search index (not part of `make bench`).
+bench-identity-stages: setup
+	$(PY) -m bench.identity_stages
 
 lint: setup
 	$(PY) -m ruff check .

@@ -1,0 +1,173 @@
+"""Where a RegisterPerson's cost goes (`make bench-identity-stages`). Not a test: it prints
+figures, ending with `name=value` lines.
+
+RegisterPerson is driven as in `bench.identity` (16 clients in another process, next to
+the echo baseline, alternating, in the same run) through the same gRPC server, chassis
+and servicer, with less behind the servicer at each stage:
+
+- servicer: validation and translation; the application answers at once;
+- application: the real application and aggregates, over an event store that keeps
+  events in a list (no database);
+- store: the real event store on PostgreSQL, the search index not running;
+- full: as served, with the search index following the store.
+
+The difference between two stages is what the later one adds per command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from eventsourcing.persistence import StoredEvent
+from throughline.identity.v1 import identity_pb2_grpc
+
+from bench.identity import (
+    CLIENTS,
+    SECRET,
+    Load,
+    bench_echo,
+    load_from_another_process,
+    mean_load,
+    progress,
+)
+from infra.postgres import scratch_database
+from libs.chassis.auth import TokenVerifier
+from libs.chassis.server import Registration, Server
+from libs.eventstore import AppendResult, Repository, StreamHead, create_mapper, create_pool
+from services.identity.application import IdentityApplication, Written
+from services.identity.bootstrap import bootstrap
+from services.identity.grpc_api import POLICY, SERVICE, IdentityServicer
+
+ROUNDS = 2
+
+
+class AnswerAtOnce:
+    """An application that does nothing: what the servicer and gRPC cost on their own."""
+
+    async def register_person(self, command_id: UUID, *args: Any) -> Written:
+        return Written(command_id, 0, duplicate=False)
+
+
+class EventList:
+    """An event store that appends to a list: what the application costs without the
+    database. Only what RegisterPerson uses."""
+
+    schema = "in_memory"
+
+    def __init__(self) -> None:
+        self.events: list[StoredEvent] = []
+
+    async def append(self, events: Sequence[StoredEvent], **_: Any) -> AppendResult:
+        first = len(self.events) + 1
+        self.events.extend(events)
+        return AppendResult(
+            positions=tuple(range(first, len(self.events) + 1)),
+            streams=tuple(StreamHead(e.originator_id, e.originator_version) for e in events),
+            recorded_at=datetime.now(UTC),
+        )
+
+
+def server_for(application: Any, verifier: TokenVerifier) -> Server:
+    return Server(
+        "identity",
+        [
+            Registration(
+                SERVICE,
+                identity_pb2_grpc.add_IdentityServiceServicer_to_server,
+                IdentityServicer(application),
+            )
+        ],
+        verifier=verifier,
+        policy=POLICY,
+    )
+
+
+async def measure(stage: str, server: Server, token: str, first: int) -> tuple[Load, Load]:
+    port = await server.start()
+    echoes, registers = [], []
+    for round_ in range(ROUNDS):
+        progress(f"{stage}: echo baseline ({round_ + 1})")
+        echoes.append(await bench_echo())
+        progress(f"{stage}: RegisterPerson ({round_ + 1})")
+        registers.append(
+            await load_from_another_process(
+                port, "register", token, first=first + round_ * 5_000_000
+            )
+        )
+    await server.stop(1)
+    return mean_load(echoes), mean_load(registers)
+
+
+async def run(dsn: str) -> dict[str, tuple[Load, Load]]:
+    verifier = TokenVerifier(SECRET)
+    token = verifier.mint("bench", ["identity.write"])
+    results = {}
+    results["servicer"] = await measure(
+        "servicer", server_for(AnswerAtOnce(), verifier), token, 10_000_000
+    )
+    events = EventList()
+    in_memory = IdentityApplication(
+        events,  # type: ignore[arg-type]
+        Repository(events, create_mapper(cipher_key="")),  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+    )
+    results["application"] = await measure(
+        "application", server_for(in_memory, verifier), token, 20_000_000
+    )
+    pool = await create_pool(dsn, min_size=4, max_size=24)
+    try:
+        for stage, first, follow in (("store", 30_000_000, False), ("full", 40_000_000, True)):
+            identity = await bootstrap(pool, schema=f"bench_stage_{stage}", cipher_key="")
+            if follow:
+                identity.start_projection()
+            try:
+                results[stage] = await measure(
+                    stage, server_for(identity.application, verifier), token, first
+                )
+            finally:
+                await identity.close()
+    finally:
+        await pool.close()
+    return results
+
+
+def report(results: dict[str, tuple[Load, Load]]) -> None:
+    print(f"\nRegisterPerson by stage — {CLIENTS} clients, {os.cpu_count()} cores")
+    header = (
+        f"{'stage':<13}{'commands/s':>12}{'of echo':>9}"
+        f"{'server CPU/call':>17}{'added':>8}{'PostgreSQL CPU/call':>21}"
+    )
+    print(header)
+    previous = None
+    for stage, (echo, register) in results.items():
+        added = "" if previous is None else f"{register.server_cpu_ms - previous:+.3f}"
+        database = f"{register.database_cpu_ms:.3f}" if register.database_cpu_ms else "-"
+        print(
+            f"{stage:<13}{register.rate:>12,.0f}{register.rate / echo.rate:>9.2f}"
+            f"{register.server_cpu_ms:>17.3f}{added:>8}{database:>21}"
+        )
+        previous = register.server_cpu_ms
+    echo_cpu = sum(echo.server_cpu_ms for echo, _ in results.values()) / len(results)
+    print(f"{'echo':<13}{'':>12}{'':>9}{echo_cpu:>17.3f}   (server CPU per echo call, mean)")
+    print()
+    for stage, (echo, register) in results.items():
+        print(f"{stage}_vs_echo={register.rate / echo.rate:.2f}")
+        print(f"{stage}_server_cpu_ms={register.server_cpu_ms:.3f}")
+
+
+async def main() -> None:
+    async with scratch_database("throughline_bench_stages") as dsn:
+        report(await run(dsn))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        sys.exit(__doc__)
+    asyncio.run(main())
