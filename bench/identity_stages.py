@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 from throughline.identity.v1 import identity_pb2_grpc
