@@ -58,8 +58,12 @@ def utcnow() -> datetime:
 
 
 def asked(command: str, **arguments: object) -> bytes:
-    """The digest of an identity command and the arguments its caller gave."""
-    return command_digest(f"identity.{command}", arguments)
+    """The digest of an identity command and the arguments its caller gave.
+
+    Arguments left unset (None) are left out, so that a command gaining an optional
+    argument keeps the digests it had: a retry that spans the deploy is still a retry."""
+    given = {name: value for name, value in arguments.items() if value is not None}
+    return command_digest(f"identity.{command}", given)
 
 
 class IdentityApplication:

@@ -15,6 +15,7 @@ from libs.domain.errors import (
     RuleViolatedError,
 )
 from libs.eventstore import CommandReusedError, ProjectionLagError
+from services.identity.application import asked
 from services.identity.bootstrap import bootstrap
 from services.identity.domain import Name, Sex
 from services.identity.identifiers import parse_identifier
@@ -89,6 +90,14 @@ async def test_a_command_id_reused_for_a_different_command_is_refused(identity):
     with pytest.raises(CommandReusedError):
         await app.add_alias(command, first.person_id, Name("Annie", "Example"))
     assert await identity.store.head_position() == head
+
+
+def test_a_command_gaining_an_optional_argument_keeps_its_digest():
+    assert asked("register_person", name="Ann", occurred_at=None) == asked(
+        "register_person", name="Ann"
+    )
+    assert asked("register_person", name="Ann") != asked("register_person", name="Anne")
+    assert asked("register_person", name="Ann") != asked("change_name", name="Ann")
 
 
 async def test_a_reused_command_id_is_refused_even_when_the_new_command_cannot_be_done(identity):
