@@ -251,6 +251,26 @@ async def bench_echo() -> Load:
     return load
 
 
+async def register_next_to_echo(
+    port: int, token: str, *, first: int, label: str = ""
+) -> tuple[Load, Load]:
+    """The echo baseline and RegisterPerson on `port`, each driven by CLIENTS clients in
+    another process. This machine's speed drifts by tens of percent over seconds, so the
+    two alternate, ROUNDS times each, and their means are compared. NOMS numbers start
+    at `first` and never repeat between rounds."""
+    echoes, registers = [], []
+    for round_ in range(ROUNDS):
+        progress(f"{label}echo baseline, {CLIENTS} clients in another process ({round_ + 1})")
+        echoes.append(await bench_echo())
+        progress(f"{label}RegisterPerson, {CLIENTS} clients in another process ({round_ + 1})")
+        registers.append(
+            await load_from_another_process(
+                port, "register", token, first=first + round_ * 5_000_000
+            )
+        )
+    return mean_load(echoes), mean_load(registers)
+
+
 async def bench_quality(pool) -> tuple[float, float, int, int]:
     identity = await bootstrap(pool, schema="bench_identity_quality", cipher_key="")
     identity.start_projection()
@@ -302,22 +322,9 @@ async def run(dsn: str) -> None:
             stub = identity_pb2_grpc.IdentityServiceStub(channel)
             progress(f"{QUERIES:,} searches against {PEOPLE:,} people")
             latencies = await bench_search(stub, metadata, queries)
-        # This machine's speed drifts by tens of percent over seconds, so echo and
-        # RegisterPerson alternate, ROUNDS times each, and their means are compared.
-        echoes, registers = [], []
-        for round_ in range(ROUNDS):
-            progress(f"echo baseline, {CLIENTS} clients in another process ({round_ + 1})")
-            echoes.append(await bench_echo())
-            progress(f"RegisterPerson, {CLIENTS} clients in another process ({round_ + 1})")
-            registers.append(
-                await load_from_another_process(
-                    port,
-                    "register",
-                    verifier.mint("bench", ["identity.write"]),
-                    first=50_000_000 + round_ * 5_000_000,
-                )
-            )
-        echo, register = mean_load(echoes), mean_load(registers)
+        echo, register = await register_next_to_echo(
+            port, verifier.mint("bench", ["identity.write"]), first=50_000_000
+        )
         await server.stop(1)
         await identity.close()
         progress("match quality on a labelled synthetic set")

@@ -25,26 +25,15 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
-from throughline.identity.v1 import identity_pb2_grpc
 
-from bench.identity import (
-    CLIENTS,
-    SECRET,
-    Load,
-    bench_echo,
-    load_from_another_process,
-    mean_load,
-    progress,
-)
+from bench.identity import CLIENTS, SECRET, Load, register_next_to_echo
 from infra.postgres import scratch_database
 from libs.chassis.auth import TokenVerifier
-from libs.chassis.server import Registration, Server
+from libs.chassis.server import Server
 from libs.eventstore import AppendResult, Repository, StreamHead, create_mapper, create_pool
 from services.identity.application import IdentityApplication, Written
 from services.identity.bootstrap import bootstrap
-from services.identity.grpc_api import POLICY, SERVICE, IdentityServicer
-
-ROUNDS = 2
+from services.identity.grpc_api import identity_server
 
 
 class AnswerAtOnce:
@@ -73,43 +62,21 @@ class EventList:
         )
 
 
-def server_for(application: Any, verifier: TokenVerifier) -> Server:
-    return Server(
-        "identity",
-        [
-            Registration(
-                SERVICE,
-                identity_pb2_grpc.add_IdentityServiceServicer_to_server,
-                IdentityServicer(application),
-            )
-        ],
-        verifier=verifier,
-        policy=POLICY,
-    )
-
-
 async def measure(stage: str, server: Server, token: str, first: int) -> tuple[Load, Load]:
     port = await server.start()
-    echoes, registers = [], []
-    for round_ in range(ROUNDS):
-        progress(f"{stage}: echo baseline ({round_ + 1})")
-        echoes.append(await bench_echo())
-        progress(f"{stage}: RegisterPerson ({round_ + 1})")
-        registers.append(
-            await load_from_another_process(
-                port, "register", token, first=first + round_ * 5_000_000
-            )
-        )
-    await server.stop(1)
-    return mean_load(echoes), mean_load(registers)
+    try:
+        return await register_next_to_echo(port, token, first=first, label=f"{stage}: ")
+    finally:
+        await server.stop(1)
 
 
 async def run(dsn: str) -> dict[str, tuple[Load, Load]]:
     verifier = TokenVerifier(SECRET)
     token = verifier.mint("bench", ["identity.write"])
     results = {}
+    answer_at_once: Any = AnswerAtOnce()
     results["servicer"] = await measure(
-        "servicer", server_for(AnswerAtOnce(), verifier), token, 10_000_000
+        "servicer", identity_server(answer_at_once, verifier), token, 10_000_000
     )
     events = EventList()
     in_memory = IdentityApplication(
@@ -119,7 +86,7 @@ async def run(dsn: str) -> dict[str, tuple[Load, Load]]:
         None,  # type: ignore[arg-type]
     )
     results["application"] = await measure(
-        "application", server_for(in_memory, verifier), token, 20_000_000
+        "application", identity_server(in_memory, verifier), token, 20_000_000
     )
     pool = await create_pool(dsn, min_size=4, max_size=24)
     try:
@@ -129,7 +96,7 @@ async def run(dsn: str) -> dict[str, tuple[Load, Load]]:
                 identity.start_projection()
             try:
                 results[stage] = await measure(
-                    stage, server_for(identity.application, verifier), token, first
+                    stage, identity_server(identity.application, verifier), token, first
                 )
             finally:
                 await identity.close()

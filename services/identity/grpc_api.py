@@ -231,16 +231,30 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
 def build_server(identity: Identity, verifier: TokenVerifier) -> Server:
     """The identity gRPC server: IdentityService and this service's event feed."""
+    return identity_server(
+        identity.application,
+        verifier,
+        feed=EventFeedServicer(identity.store, event_translator(identity.mapper)),
+    )
+
+
+def identity_server(
+    application: IdentityApplication,
+    verifier: TokenVerifier,
+    *,
+    feed: EventFeedServicer | None = None,
+) -> Server:
+    """A server for IdentityService over `application`, with `feed` when given."""
     return Server(
         "identity",
         [
             Registration(
                 SERVICE,
                 identity_pb2_grpc.add_IdentityServiceServicer_to_server,
-                IdentityServicer(identity.application),
+                IdentityServicer(application),
             )
         ],
         verifier=verifier,
         policy=POLICY,
-        feed=EventFeedServicer(identity.store, event_translator(identity.mapper)),
+        feed=feed,
     )
