@@ -28,13 +28,20 @@ from libs.eventstore import (
     TrackingStore,
     command_digest,
 )
-from services.identity.domain import IdentifierClaim, Name, Person, Sex, Status, claim_id
+from services.identity.domain import (
+    MAX_REDIRECTS,
+    IdentifierClaim,
+    Name,
+    Person,
+    Sex,
+    Status,
+    claim_id,
+)
 from services.identity.identifiers import Identifier
 from services.identity.matching import DEFAULT_THRESHOLD, NameKey, Profile
 from services.identity.search_index import PROJECTION_NAME, Candidate, SearchIndex
 
 MAX_ATTEMPTS = 5
-MAX_REDIRECTS = 20
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,21 @@ class IdentityApplication:
             return await self.repository.get(claim_id(identifier))
         except AggregateNotFoundError:
             return None
+
+    async def _merged_people(self, person: Person) -> list[Person]:
+        """Everyone merged into `person`, directly or through another merge."""
+        found: list[Person] = []
+        seen = {person.id}
+        waiting = list(person.absorbed)
+        while waiting:
+            merged_id = waiting.pop()
+            if merged_id in seen:
+                continue
+            seen.add(merged_id)
+            merged = await self._person(merged_id)
+            found.append(merged)
+            waiting.extend(merged.absorbed)
+        return found
 
     async def _claims_for(
         self, person_id: UUID, identifiers: list[Identifier], *, optimistic: bool = False
@@ -281,7 +303,13 @@ class IdentityApplication:
             survivor = await self._person(survivor_id)
             duplicate = await self._person(duplicate_id)
             moving = sorted(duplicate.identifiers)
-            duplicate.merge_into(survivor, reason, self.clock())
+            duplicate.merge_into(
+                survivor,
+                reason,
+                self.clock(),
+                merged_into_self=await self._merged_people(duplicate),
+                merged_into_survivor=await self._merged_people(survivor),
+            )
             claims = []
             for identifier in moving:
                 claim = await self._claim(identifier)

@@ -5,6 +5,7 @@ event; merges move identifiers and aliases and leave the duplicate as a redirect
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
@@ -19,6 +20,7 @@ from services.identity.identifiers import Identifier, IdentifierType
 OLDEST_AGE_YEARS = 130
 MAX_NAME_LENGTH = 200  # each of given names and family name
 MAX_REASON_LENGTH = 2000  # a reason explains a decision; documents belong elsewhere
+MAX_REDIRECTS = 20  # a longer chain of merges is a fault, not a record
 CLAIM_NAMESPACE = uuid5(NAMESPACE_URL, "https://throughline.dev/identity/identifier-claim")
 
 
@@ -252,8 +254,21 @@ class Person(Aggregate):
 
     # ----------------------------------------------------------------- merging
 
-    def merge_into(self, survivor: Person, reason: str, occurred_at: datetime) -> None:
-        """Makes this person a redirect to `survivor`, moving identifiers and aliases."""
+    def merge_into(
+        self,
+        survivor: Person,
+        reason: str,
+        occurred_at: datetime,
+        *,
+        merged_into_self: Sequence[Person] = (),
+        merged_into_survivor: Sequence[Person] = (),
+    ) -> None:
+        """Makes this person a redirect to `survivor`, moving identifiers and aliases.
+
+        `merged_into_self` and `merged_into_survivor` are the people earlier merges made
+        part of each, directly or through another merge (followed from `absorbed`). A
+        decision that one of them is not the same person as one on the other side keeps
+        the two sides apart, as it keeps apart the two people it was recorded on."""
         if survivor.id == self.id:
             raise RuleViolatedError("merge_into_self", "a person cannot be merged into themself")
         self._require_active()
@@ -262,10 +277,14 @@ class Person(Aggregate):
                 "survivor_merged",
                 f"survivor {survivor.id} was itself merged into {survivor.merged_into}",
             )
-        if survivor.id in self.not_duplicates:
+        apart = kept_apart([self, *merged_into_self], [survivor, *merged_into_survivor])
+        if apart is not None:
+            one, other = apart
+            merged = [str(p) for p in apart if p not in (self.id, survivor.id)]
+            through = f" ({', '.join(merged)} merged earlier)" if merged else ""
             raise RuleViolatedError(
                 "marked_not_duplicate",
-                f"{self.id} and {survivor.id} were marked as not the same person",
+                f"{one} and {other} were marked as not the same person{through}",
             )
         reason = check_reason(reason)
         moved_identifiers = [_pair(i) for i in sorted(self.identifiers)]
@@ -326,6 +345,14 @@ class Person(Aggregate):
             raise RuleViolatedError(
                 "not_merged", f"person {self.id} is not merged into {survivor.id}"
             )
+        if survivor.status is Status.MERGED:
+            # What moved from this person went on to the survivor's survivor; merges are
+            # undone newest first, so it comes back along the way it went.
+            raise RuleViolatedError(
+                "survivor_merged",
+                f"{survivor.id} was itself merged into {survivor.merged_into}: "
+                f"unmerge it from {survivor.merged_into} first",
+            )
         moved = survivor.absorbed.get(self.id, {"identifiers": [], "aliases": []})
         returning = [p for p in moved["identifiers"] if _identifier(p) in survivor.identifiers]
         reason = check_reason(reason)
@@ -368,6 +395,10 @@ class Person(Aggregate):
         """Records a human decision that this person and `other` are different people."""
         if other.id == self.id:
             raise RuleViolatedError("same_person", "a person cannot be marked as not themself")
+        # A merged person is a redirect: the decision belongs on the survivor (or, if the
+        # merge was wrong, on both after an unmerge).
+        self._require_active()
+        other._require_active()
         reason = check_reason(reason)
         if other.id not in self.not_duplicates:
             self._not_duplicate_marked(other_id=other.id, reason=reason, occurred_at=occurred_at)
@@ -377,6 +408,15 @@ class Person(Aggregate):
     @event("NotDuplicateMarked")
     def _not_duplicate_marked(self, other_id: UUID, reason: str, occurred_at: datetime) -> None:
         self.not_duplicates.add(other_id)
+
+
+def kept_apart(one: Sequence[Person], other: Sequence[Person]) -> tuple[UUID, UUID] | None:
+    """The first pair of people, one from each side, marked as not the same person."""
+    for a in one:
+        for b in other:
+            if b.id in a.not_duplicates or a.id in b.not_duplicates:
+                return a.id, b.id
+    return None
 
 
 def claim_id(identifier: Identifier) -> UUID:

@@ -14,7 +14,7 @@ from eventsourcing.persistence import Mapper
 
 from libs.eventstore import RecordedEvent, Repository
 from libs.eventstore.recorder import quote_schema
-from services.identity.domain import Name, Person, Status
+from services.identity.domain import MAX_REDIRECTS, Name, Person, Status
 from services.identity.identifiers import Identifier, IdentifierType
 from services.identity.matching import (
     Match,
@@ -194,7 +194,6 @@ class SearchIndex:
                   LIMIT {CANDIDATE_LIMIT})
             )
             SELECT p.person_id, p.given_names, p.family_name, p.date_of_birth, p.sex,
-                   p.not_duplicates,
                    ARRAY(SELECT n.given_norm || '|' || n.family_norm FROM {s}.search_name n
                          WHERE n.person_id = p.person_id ORDER BY n.ordinal) AS names,
                    ARRAY(SELECT i.type || '|' || i.value FROM {s}.search_identifier i
@@ -202,8 +201,29 @@ class SearchIndex:
             FROM {s}.search_person p JOIN blocked USING (person_id)
             WHERE p.status = 'ACTIVE'
         """
+        # The people marked as not this person: marked on it, or on anyone merged into
+        # it (directly or through another merge); each followed along its own merges
+        # to whoever it is part of now.
+        self._kept_apart = f"""
+            WITH RECURSIVE merged(person_id) AS (
+                SELECT $1::uuid
+                UNION
+                SELECT p.person_id FROM {s}.search_person p
+                JOIN merged m ON p.merged_into = m.person_id
+                WHERE p.status = 'MERGED'
+            ), marked(person_id, hops) AS (
+                SELECT DISTINCT unnest(p.not_duplicates), 0
+                FROM {s}.search_person p JOIN merged USING (person_id)
+                UNION
+                SELECT p.merged_into, m.hops + 1 FROM marked m
+                JOIN {s}.search_person p USING (person_id)
+                WHERE p.status = 'MERGED' AND p.merged_into IS NOT NULL
+                  AND m.hops < {MAX_REDIRECTS}
+            )
+            SELECT coalesce(array_agg(DISTINCT person_id), '{{}}') FROM marked
+        """
         self._profile = f"""
-            SELECT p.date_of_birth, p.sex, p.not_duplicates,
+            SELECT p.date_of_birth, p.sex,
                    ARRAY(SELECT n.given_norm || '|' || n.family_norm FROM {s}.search_name n
                          WHERE n.person_id = p.person_id ORDER BY n.ordinal) AS names,
                    ARRAY(SELECT i.type || '|' || i.value FROM {s}.search_identifier i
@@ -291,10 +311,12 @@ class SearchIndex:
 
     async def profile_of(self, person_id: UUID) -> tuple[Profile, set[UUID]] | None:
         """The indexed profile of a person and the people marked as not them."""
-        row = await self.pool.fetchrow(self._profile, person_id)
-        if row is None:
-            return None
-        return _profile(row), set(row["not_duplicates"])
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+            row = await conn.fetchrow(self._profile, person_id)
+            if row is None:
+                return None
+            kept_apart = await conn.fetchval(self._kept_apart, person_id)
+        return _profile(row), set(kept_apart)
 
 
 def _profile(row: asyncpg.Record) -> Profile:

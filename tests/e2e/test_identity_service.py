@@ -286,14 +286,20 @@ async def test_merge_redirects_refuses_self_and_circular_merges_and_unmerges(cli
     error = await failure(client.MergePeople(merge(duplicate.person_id, survivor.person_id)))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
 
-    await client.UnmergePeople(
-        pb.UnmergePeopleRequest(
-            command_id=str(uuid4()),
-            survivor_person_id=survivor.person_id,
-            duplicate_person_id=duplicate.person_id,
-            reason="two people",
+    def unmerge(s, d):
+        return pb.UnmergePeopleRequest(
+            command_id=str(uuid4()), survivor_person_id=s, duplicate_person_id=d, reason="two"
         )
-    )
+
+    # Merged on into a third record, the survivor must be unmerged from it first.
+    third = await client.RegisterPerson(registration(given="Annie"))
+    await client.MergePeople(merge(third.person_id, survivor.person_id))
+    error = await failure(client.UnmergePeople(unmerge(survivor.person_id, duplicate.person_id)))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert details_of(error)["ErrorInfo"].metadata["rule"] == "survivor_merged"
+    await client.UnmergePeople(unmerge(third.person_id, survivor.person_id))
+
+    await client.UnmergePeople(unmerge(survivor.person_id, duplicate.person_id))
     back = await client.GetPerson(pb.GetPersonRequest(identifier=PNC))
     assert back.person.person_id == duplicate.person_id and not back.redirected
 

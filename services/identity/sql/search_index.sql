@@ -12,6 +12,9 @@ CREATE TABLE IF NOT EXISTS {schema}.search_person (
     not_duplicates uuid[] NOT NULL DEFAULT '{{}}',
     version bigint NOT NULL
 );
+-- Who was merged into whom: followed to keep people marked as not the same apart.
+CREATE INDEX IF NOT EXISTS search_person_merged_into_idx
+    ON {schema}.search_person (merged_into) WHERE merged_into IS NOT NULL;
 
 -- One row per name an active person is known by (ordinal 0 is the current name).
 CREATE TABLE IF NOT EXISTS {schema}.search_name (

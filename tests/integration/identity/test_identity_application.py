@@ -263,6 +263,51 @@ async def test_twins_are_not_possible_duplicates_and_overrides_are_respected(ide
     assert await app.list_possible_duplicates(twin_a.person_id, min_position=marked.position) == []
 
 
+async def test_a_not_duplicate_decision_follows_the_people_through_a_merge(identity):
+    app = identity.application
+    a = (await register(app, given="John", family="Smith", dob=date(1980, 1, 1))).person_id
+    b = (await register(app, given="John", family="Smith", dob=date(1980, 1, 1))).person_id
+    c = (await register(app, given="John", family="Smith", dob=date(1980, 1, 10))).person_id
+    await app.wait_for_index(await identity.store.head_position())
+
+    async def duplicates_of(person_id, position):
+        found = await app.list_possible_duplicates(person_id, min_position=position)
+        return {candidate.person_id for candidate in found}
+
+    assert await duplicates_of(c, 0) == {a, b}
+    await app.mark_not_duplicate(uuid4(), a, c, "different fingerprints")
+    merged = await app.merge_people(uuid4(), b, a, "same fingerprints")
+
+    # c was decided not to be a, and a is now part of b: b is not a duplicate of c.
+    assert await duplicates_of(c, merged.position) == set()
+    assert await duplicates_of(b, merged.position) == set()
+    for survivor, duplicate in ((b, c), (c, b)):
+        with pytest.raises(RuleViolatedError) as raised:
+            await app.merge_people(uuid4(), survivor, duplicate, "looks the same")
+        assert raised.value.rule == "marked_not_duplicate"
+
+    unmerged = await app.unmerge_people(uuid4(), b, a, "two people after all")
+    assert await duplicates_of(c, unmerged.position) == {b}
+
+
+async def test_an_unmerge_must_start_from_the_latest_merge(identity):
+    app = identity.application
+    a = (await register(app, ids=[PNC])).person_id
+    b = (await register(app, given="Anne")).person_id
+    c = (await register(app, given="Annie")).person_id
+    await app.merge_people(uuid4(), b, a, "same")
+    await app.merge_people(uuid4(), c, b, "same")
+    with pytest.raises(RuleViolatedError) as raised:
+        await app.unmerge_people(uuid4(), b, a, "different people")
+    assert raised.value.rule == "survivor_merged"
+    assert (await app.get_person_by_identifier(PNC)).person.id == c
+
+    await app.unmerge_people(uuid4(), c, b, "different people")
+    await app.unmerge_people(uuid4(), b, a, "different people")
+    assert (await app.get_person_by_identifier(PNC)).person.id == a
+    assert (await app.get_person(a)).person.identifiers == {PNC}
+
+
 async def test_rebuilding_the_search_index_from_events_gives_the_same_index(identity, pool):
     app = identity.application
     a = await register(app, ids=[PNC])

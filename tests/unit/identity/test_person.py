@@ -173,6 +173,43 @@ def test_unmerging_a_person_that_was_not_merged_is_refused():
     assert raised.value.rule == "not_merged"
 
 
+def test_unmerging_from_a_survivor_that_was_itself_merged_is_refused():
+    a, b, c = person(identifiers=[PNC]), person(), person()
+    a.merge_into(b, "same", NOW)
+    b.merge_into(c, "same", NOW)  # a's identifiers went on from b to c
+    with pytest.raises(RuleViolatedError) as raised:
+        a.unmerge_from(b, "different people", NOW)
+    assert raised.value.rule == "survivor_merged"
+    assert str(c.id) in str(raised.value)
+    b.unmerge_from(c, "different people", NOW)
+    assert a.unmerge_from(b, "different people", NOW) == [PNC]
+
+
+def test_people_marked_apart_stay_apart_when_one_was_merged_into_someone_else():
+    a, b, c = person(), person(), person()
+    a.mark_not_duplicate(c, "twins", NOW)
+    a.merge_into(b, "same", NOW)
+    for duplicate, survivor, arguments in (
+        (c, b, {"merged_into_survivor": [a]}),
+        (b, c, {"merged_into_self": [a]}),
+    ):
+        with pytest.raises(RuleViolatedError) as raised:
+            duplicate.merge_into(survivor, "same", NOW, **arguments)
+        assert raised.value.rule == "marked_not_duplicate"
+        assert str(a.id) in str(raised.value) and str(c.id) in str(raised.value)
+    assert b.status is Status.ACTIVE and c.status is Status.ACTIVE
+
+
+def test_a_merged_person_cannot_be_marked_not_duplicate():
+    a, b, c = person(), person(), person()
+    a.merge_into(b, "same", NOW)
+    for one, other in ((a, c), (c, a), (a, b)):
+        with pytest.raises(RuleViolatedError) as raised:
+            one.mark_not_duplicate(other, "twins", NOW)
+        assert raised.value.rule == "person_merged"
+    assert a.not_duplicates == set() and c.not_duplicates == set()
+
+
 def test_not_duplicate_is_recorded_on_both_people():
     a, b = person(), person()
     a.mark_not_duplicate(b, "twins", NOW)
