@@ -292,6 +292,23 @@ class IdentityApplication:
             lambda p: p.record_death(date_of_death, self.clock()),
         )
 
+    async def correct_death(
+        self, command_id: UUID, person_id: UUID, date_of_death: date | None, reason: str
+    ) -> Written:
+        """Corrects a recorded death to `date_of_death`, or withdraws it (None)."""
+        return await self._change(
+            command_id,
+            person_id,
+            asked(
+                "correct_death",
+                person_id=person_id,
+                date_of_death=date_of_death,
+                withdrawn=date_of_death is None,
+                reason=reason,
+            ),
+            lambda p: p.correct_death(date_of_death, reason, self.clock()),
+        )
+
     async def merge_people(
         self, command_id: UUID, survivor_id: UUID, duplicate_id: UUID, reason: str
     ) -> Written:

@@ -244,12 +244,43 @@ class Person(Aggregate):
         if self.date_of_death is not None:
             raise RuleViolatedError(
                 "death_already_recorded",
-                f"person {self.id} already has a date of death ({self.date_of_death})",
+                f"person {self.id} already has a date of death ({self.date_of_death}); "
+                "correct it instead",
             )
         self._death_recorded(date_of_death=date_of_death, occurred_at=occurred_at)
 
     @event("DeathRecorded")
     def _death_recorded(self, date_of_death: date, occurred_at: datetime) -> None:
+        self.date_of_death = date_of_death
+
+    def correct_death(self, date_of_death: date | None, reason: str, occurred_at: datetime) -> None:
+        """Corrects a recorded death to another date or, given None, withdraws it: it was
+        recorded in error (on the wrong person, or of someone still alive). The recorded
+        death stays in the history, with the correction and its reason after it."""
+        self._require_active()
+        if self.date_of_death is None:
+            raise RuleViolatedError(
+                "death_not_recorded", f"person {self.id} has no recorded death to correct"
+            )
+        if date_of_death == self.date_of_death:
+            return
+        if date_of_death is not None and date_of_death < self.date_of_birth:
+            raise InvalidFieldError(("date_of_death", "must not be before the date of birth"))
+        self._death_corrected(
+            date_of_death=date_of_death,
+            previous_date_of_death=self.date_of_death,
+            reason=check_reason(reason),
+            occurred_at=occurred_at,
+        )
+
+    @event("DeathCorrected")
+    def _death_corrected(
+        self,
+        date_of_death: date | None,
+        previous_date_of_death: date,
+        reason: str,
+        occurred_at: datetime,
+    ) -> None:
         self.date_of_death = date_of_death
 
     # ----------------------------------------------------------------- merging

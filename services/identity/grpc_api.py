@@ -136,6 +136,21 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         written = await self.app.record_death(command_id, person_id, date_of_death)
         return pb.RecordDeathResponse(position=written.position)
 
+    async def CorrectDeath(self, request, context):
+        v = Violations()
+        command_id = uuid_field(request.command_id, "command_id", v)
+        person_id = uuid_field(request.person_id, "person_id", v)
+        correction = request.WhichOneof("correction")
+        date_of_death = None
+        if correction == "date_of_death":
+            date_of_death = past_date_field(request.date_of_death, "date_of_death", v)
+        elif correction is None or not request.recorded_in_error:
+            v.add("correction", "set date_of_death, or recorded_in_error to true")
+        reason = reason_field(request.reason, "reason", v)
+        v.raise_if_any()
+        written = await self.app.correct_death(command_id, person_id, date_of_death, reason)
+        return pb.CorrectDeathResponse(position=written.position)
+
     def _pair(self, request, v: Violations):
         survivor = uuid_field(request.survivor_person_id, "survivor_person_id", v)
         duplicate = uuid_field(request.duplicate_person_id, "duplicate_person_id", v)

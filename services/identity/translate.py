@@ -238,8 +238,10 @@ def _person_event(event: Any) -> pb.PersonEvent:
         message.date_of_birth.CopyFrom(date_pb(facts["date_of_birth"]))
     if "sex" in facts:
         message.sex = pb.Sex.Value(f"SEX_{facts['sex']}")
-    if "date_of_death" in facts:
+    if facts.get("date_of_death") is not None:
         message.date_of_death.CopyFrom(date_pb(facts["date_of_death"]))
+    if facts.get("previous_date_of_death") is not None:
+        message.previous_date_of_death.CopyFrom(date_pb(facts["previous_date_of_death"]))
     identifiers = facts.get("identifiers") or (
         [facts["identifier"]] if "identifier" in facts else []
     )

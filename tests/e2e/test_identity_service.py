@@ -265,6 +265,34 @@ async def test_corrections_alias_and_death(client):
     )
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
 
+    for bad, violation in (
+        ({}, ("correction", "set date_of_death, or recorded_in_error to true")),
+        (
+            {"recorded_in_error": False},
+            ("correction", "set date_of_death, or recorded_in_error to true"),
+        ),
+        (
+            {"date_of_death": Date(year=2999, month=1, day=1)},
+            ("date_of_death", "must not be in the future"),
+        ),
+    ):
+        error = await failure(
+            client.CorrectDeath(pb.CorrectDeathRequest(**command(reason="x", **bad)))
+        )
+        assert violations_of(error) == [violation]
+    await client.CorrectDeath(
+        pb.CorrectDeathRequest(**command(recorded_in_error=True, reason="wrong person"))
+    )
+    got = (await client.GetPerson(pb.GetPersonRequest(person_id=pid))).person
+    assert not got.HasField("date_of_death")
+    error = await failure(
+        client.CorrectDeath(
+            pb.CorrectDeathRequest(**command(recorded_in_error=True, reason="again"))
+        )
+    )
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert details_of(error)["ErrorInfo"].metadata["rule"] == "death_not_recorded"
+
 
 async def test_merge_redirects_refuses_self_and_circular_merges_and_unmerges(client):
     survivor = await client.RegisterPerson(registration(ids=[NOMS]))
@@ -438,6 +466,21 @@ async def test_the_feed_carries_typed_person_events_with_their_facts(client):
             reason="typo",
         )
     )
+    await client.RecordDeath(
+        pb.RecordDeathRequest(
+            command_id=str(uuid4()),
+            person_id=person.person_id,
+            date_of_death=Date(year=2026, month=1, day=2),
+        )
+    )
+    await client.CorrectDeath(
+        pb.CorrectDeathRequest(
+            command_id=str(uuid4()),
+            person_id=person.person_id,
+            recorded_in_error=True,
+            reason="recorded on the wrong person",
+        )
+    )
     feed = feed_pb2_grpc.EventFeedServiceStub(client.channel)
     response = await feed.ReadEvents(feed_pb2.ReadEventsRequest(), metadata=client.metadata)
     kinds = [e.event_type for e in response.events]
@@ -445,11 +488,19 @@ async def test_the_feed_carries_typed_person_events_with_their_facts(client):
         "throughline.identity.v1.PersonEvent.Registered",
         "throughline.identity.v1.IdentifierClaimEvent.Claimed",
         "throughline.identity.v1.PersonEvent.DateOfBirthCorrected",
+        "throughline.identity.v1.PersonEvent.DeathRecorded",
+        "throughline.identity.v1.PersonEvent.DeathCorrected",
     ]
     corrected = pb.PersonEvent()
     assert response.events[2].payload.Unpack(corrected)
     assert (corrected.previous_date_of_birth.month, corrected.date_of_birth.month) == (5, 7)
     assert corrected.reason == "typo"
+    withdrawn = pb.PersonEvent()
+    assert response.events[4].payload.Unpack(withdrawn)
+    assert withdrawn.previous_date_of_death.day == 2
+    assert not withdrawn.HasField("date_of_death")
+    assert not withdrawn.HasField("previous_date_of_birth")
+    assert withdrawn.reason == "recorded on the wrong person"
     assert all(e.actor == "clerk:ann" for e in response.events)
     claimed = pb.IdentifierClaimEvent()
     assert response.events[1].payload.Unpack(claimed)

@@ -160,6 +160,23 @@ async def test_corrections_and_death_are_recorded_with_the_previous_value(identi
     assert as_registered.date_of_birth == date(1980, 5, 17)
 
 
+async def test_a_death_recorded_in_error_is_withdrawn_and_kept_in_history(identity):
+    app = identity.application
+    person = await register(app)
+    recorded = await app.record_death(uuid4(), person.person_id, date(2026, 1, 2))
+    command = uuid4()
+    withdrawn = await app.correct_death(command, person.person_id, None, "wrong person")
+    assert (await app.get_person(person.person_id)).person.date_of_death is None
+    retried = await app.correct_death(command, person.person_id, None, "wrong person")
+    assert (retried.position, retried.duplicate) == (withdrawn.position, True)
+    with pytest.raises(CommandReusedError):
+        await app.correct_death(command, person.person_id, date(2026, 1, 3), "wrong person")
+    # Version 2: the registration, then the death as first recorded.
+    as_first_recorded = await app.repository.get(person.person_id, version=2)
+    assert as_first_recorded.date_of_death == date(2026, 1, 2)
+    assert recorded.position < withdrawn.position
+
+
 async def test_search_sees_a_write_when_asked_for_its_position(identity):
     app = identity.application
     written = await register(app, given="Zoë", family="O'Brien-Łukasz", ids=[PNC])

@@ -100,6 +100,37 @@ def test_death_before_birth_or_twice_is_refused():
         ann.record_death(date(2026, 1, 2), NOW)
 
 
+def test_a_recorded_death_is_corrected_or_withdrawn_with_the_old_date_kept():
+    ann = person()
+    with pytest.raises(RuleViolatedError) as raised:
+        ann.correct_death(date(2026, 1, 1), "wrong date", NOW)
+    assert raised.value.rule == "death_not_recorded"
+    ann.record_death(date(2026, 1, 1), NOW)
+    with pytest.raises(InvalidFieldError) as invalid:
+        ann.correct_death(date(1970, 1, 1), "wrong date", NOW)
+    assert invalid.value.violations[0][0] == "date_of_death"
+    with pytest.raises(InvalidFieldError) as invalid:
+        ann.correct_death(None, "", NOW)
+    assert invalid.value.violations[0][0] == "reason"
+    ann.correct_death(date(2025, 12, 31), "certificate says the 31st", NOW)
+    assert ann.date_of_death == date(2025, 12, 31)
+    ann.correct_death(None, "recorded on the wrong person", NOW)
+    assert ann.date_of_death is None
+    events = ann.collect_events()
+    assert [type(e).__name__ for e in events][-3:] == [
+        "DeathRecorded",
+        "DeathCorrected",
+        "DeathCorrected",
+    ]
+    assert (events[-1].previous_date_of_death, events[-1].date_of_death) == (
+        date(2025, 12, 31),
+        None,
+    )
+    assert events[-1].reason == "recorded on the wrong person"
+    ann.record_death(date(2026, 2, 1), NOW)  # withdrawn, a death can be recorded again
+    assert ann.date_of_death == date(2026, 2, 1)
+
+
 def test_a_date_of_birth_cannot_be_corrected_to_after_the_date_of_death():
     ann = person()
     ann.record_death(date(2001, 3, 4), NOW)
