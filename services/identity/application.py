@@ -259,6 +259,26 @@ class IdentityApplication:
             lambda p: p.add_alias(alias, self.clock()),
         )
 
+    async def retire_alias(
+        self, command_id: UUID, person_id: UUID, alias: Name, reason: str
+    ) -> Written:
+        return await self._change(
+            command_id,
+            person_id,
+            asked("retire_alias", person_id=person_id, alias=alias, reason=reason),
+            lambda p: p.retire_alias(alias, reason, self.clock()),
+        )
+
+    async def correct_sex(
+        self, command_id: UUID, person_id: UUID, sex: Sex, reason: str
+    ) -> Written:
+        return await self._change(
+            command_id,
+            person_id,
+            asked("correct_sex", person_id=person_id, sex=sex, reason=reason),
+            lambda p: p.correct_sex(sex, reason, self.clock()),
+        )
+
     async def change_name(
         self, command_id: UUID, person_id: UUID, name: Name, reason: str
     ) -> Written:

@@ -189,6 +189,37 @@ class Person(Aggregate):
     def _alias_added(self, alias: dict[str, str], occurred_at: datetime) -> None:
         self.aliases.append(Name.from_dict(alias))
 
+    def retire_alias(self, alias: Name, reason: str, occurred_at: datetime) -> None:
+        """Stops matching on a name the person was recorded as known by in error; the
+        alias and the reason stay in the history."""
+        self._require_active()
+        if alias not in self.aliases:
+            raise RuleViolatedError("alias_not_held", f"person {self.id} has no alias {alias}")
+        self._alias_retired(
+            alias=alias.as_dict(), reason=check_reason(reason), occurred_at=occurred_at
+        )
+
+    @event("AliasRetired")
+    def _alias_retired(self, alias: dict[str, str], reason: str, occurred_at: datetime) -> None:
+        self.aliases.remove(Name.from_dict(alias))
+
+    def correct_sex(self, sex: Sex, reason: str, occurred_at: datetime) -> None:
+        self._require_active()
+        if sex is self.sex:
+            return
+        self._sex_corrected(
+            sex=sex.value,
+            previous_sex=self.sex.value,
+            reason=check_reason(reason),
+            occurred_at=occurred_at,
+        )
+
+    @event("SexCorrected")
+    def _sex_corrected(
+        self, sex: str, previous_sex: str, reason: str, occurred_at: datetime
+    ) -> None:
+        self.sex = Sex(sex)
+
     def change_name(self, name: Name, reason: str, occurred_at: datetime) -> None:
         self._require_active()
         if name == self.name:

@@ -107,6 +107,26 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         written = await self.app.add_alias(command_id, person_id, alias)
         return pb.AddAliasResponse(position=written.position)
 
+    async def RetireAlias(self, request, context):
+        v = Violations()
+        command_id = uuid_field(request.command_id, "command_id", v)
+        person_id = uuid_field(request.person_id, "person_id", v)
+        alias = name_field(request.alias, "alias", v)
+        reason = reason_field(request.reason, "reason", v)
+        v.raise_if_any()
+        written = await self.app.retire_alias(command_id, person_id, alias, reason)
+        return pb.RetireAliasResponse(position=written.position)
+
+    async def CorrectSex(self, request, context):
+        v = Violations()
+        command_id = uuid_field(request.command_id, "command_id", v)
+        person_id = uuid_field(request.person_id, "person_id", v)
+        sex = sex_field(request.sex, "sex", v)
+        reason = reason_field(request.reason, "reason", v)
+        v.raise_if_any()
+        written = await self.app.correct_sex(command_id, person_id, sex, reason)
+        return pb.CorrectSexResponse(position=written.position)
+
     async def ChangeName(self, request, context):
         v = Violations()
         command_id = uuid_field(request.command_id, "command_id", v)

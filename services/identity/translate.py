@@ -238,6 +238,8 @@ def _person_event(event: Any) -> pb.PersonEvent:
         message.date_of_birth.CopyFrom(date_pb(facts["date_of_birth"]))
     if "sex" in facts:
         message.sex = pb.Sex.Value(f"SEX_{facts['sex']}")
+    if "previous_sex" in facts:
+        message.previous_sex = pb.Sex.Value(f"SEX_{facts['previous_sex']}")
     if facts.get("date_of_death") is not None:
         message.date_of_death.CopyFrom(date_pb(facts["date_of_death"]))
     if facts.get("previous_date_of_death") is not None:

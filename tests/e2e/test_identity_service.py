@@ -245,13 +245,34 @@ async def test_corrections_alias_and_death(client):
     await client.AddAlias(
         pb.AddAliasRequest(**command(alias=pb.Name(given_names="Annie", family_name="X")))
     )
+    await client.AddAlias(
+        pb.AddAliasRequest(**command(alias=pb.Name(given_names="Annie", family_name="Y")))
+    )
     await client.RecordDeath(
         pb.RecordDeathRequest(**command(date_of_death=Date(year=2026, month=1, day=2)))
     )
+    await client.RetireAlias(
+        pb.RetireAliasRequest(
+            **command(alias=pb.Name(given_names="Annie", family_name="Y"), reason="error")
+        )
+    )
+    await client.CorrectSex(pb.CorrectSexRequest(**command(sex=pb.SEX_MALE, reason="error")))
     got = (await client.GetPerson(pb.GetPersonRequest(person_id=pid))).person
     assert got.name.family_name == "Wed" and got.date_of_birth.month == 7
     assert {a.family_name for a in got.aliases} == {"Example", "X"}
     assert got.date_of_death.year == 2026
+    assert got.sex == pb.SEX_MALE
+    error = await failure(
+        client.RetireAlias(
+            pb.RetireAliasRequest(
+                **command(alias=pb.Name(given_names="Annie", family_name="Z"), reason="error")
+            )
+        )
+    )
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert details_of(error)["ErrorInfo"].metadata["rule"] == "alias_not_held"
+    error = await failure(client.CorrectSex(pb.CorrectSexRequest(**command(reason="error"))))
+    assert violations_of(error) == [("sex", "must be set")]
     error = await failure(
         client.CorrectDateOfBirth(
             pb.CorrectDateOfBirthRequest(**command(date_of_birth=Date(year=1980, month=7, day=16)))
@@ -481,6 +502,11 @@ async def test_the_feed_carries_typed_person_events_with_their_facts(client):
             reason="recorded on the wrong person",
         )
     )
+    await client.CorrectSex(
+        pb.CorrectSexRequest(
+            command_id=str(uuid4()), person_id=person.person_id, sex=pb.SEX_MALE, reason="error"
+        )
+    )
     feed = feed_pb2_grpc.EventFeedServiceStub(client.channel)
     response = await feed.ReadEvents(feed_pb2.ReadEventsRequest(), metadata=client.metadata)
     kinds = [e.event_type for e in response.events]
@@ -490,7 +516,11 @@ async def test_the_feed_carries_typed_person_events_with_their_facts(client):
         "throughline.identity.v1.PersonEvent.DateOfBirthCorrected",
         "throughline.identity.v1.PersonEvent.DeathRecorded",
         "throughline.identity.v1.PersonEvent.DeathCorrected",
+        "throughline.identity.v1.PersonEvent.SexCorrected",
     ]
+    sex_corrected = pb.PersonEvent()
+    assert response.events[5].payload.Unpack(sex_corrected)
+    assert (sex_corrected.previous_sex, sex_corrected.sex) == (pb.SEX_FEMALE, pb.SEX_MALE)
     corrected = pb.PersonEvent()
     assert response.events[2].payload.Unpack(corrected)
     assert (corrected.previous_date_of_birth.month, corrected.date_of_birth.month) == (5, 7)

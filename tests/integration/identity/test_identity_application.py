@@ -177,6 +177,22 @@ async def test_a_death_recorded_in_error_is_withdrawn_and_kept_in_history(identi
     assert recorded.position < withdrawn.position
 
 
+async def test_a_retired_alias_is_no_longer_matched(identity):
+    app = identity.application
+    person = await register(app, given="Martha", family="Kowalski", aliases=[Name("Zed", "Quill")])
+    await app.wait_for_index(person.position)
+    by_alias = {"names": [Name("Zed", "Quill")], "date_of_birth": None, "identifiers": []}
+    found = await app.search_people(**by_alias)
+    assert [c.person_id for c in found] == [person.person_id]
+    retired = await app.retire_alias(uuid4(), person.person_id, Name("Zed", "Quill"), "error")
+    assert await app.search_people(**by_alias, min_position=retired.position) == []
+    corrected = await app.correct_sex(uuid4(), person.person_id, Sex.MALE, "keyed in error")
+    assert (await app.get_person(person.person_id)).person.sex is Sex.MALE
+    await app.wait_for_index(corrected.position)
+    profile, _ = await app.search_index.profile_of(person.person_id)
+    assert profile.sex == "MALE"
+
+
 async def test_search_sees_a_write_when_asked_for_its_position(identity):
     app = identity.application
     written = await register(app, given="Zoë", family="O'Brien-Łukasz", ids=[PNC])

@@ -73,6 +73,35 @@ def test_a_correction_keeps_the_old_value_in_its_event():
     assert Name("Ann", "Example") in ann.aliases
 
 
+def test_a_retired_alias_leaves_the_aliases_and_stays_in_history():
+    ann = person(aliases=[Name("Anne", "Smith")])
+    with pytest.raises(RuleViolatedError) as raised:
+        ann.retire_alias(Name("Annie", "Smith"), "keyed in error", NOW)
+    assert raised.value.rule == "alias_not_held"
+    with pytest.raises(InvalidFieldError):
+        ann.retire_alias(Name("Anne", "Smith"), " ", NOW)
+    ann.retire_alias(Name("Anne", "Smith"), "another prisoner's alias", NOW)
+    assert ann.aliases == []
+    retired = ann.collect_events()[-1]
+    assert type(retired).__name__ == "AliasRetired"
+    assert (retired.alias, retired.reason) == (
+        {"given_names": "Anne", "family_name": "Smith"},
+        "another prisoner's alias",
+    )
+
+
+def test_a_sex_correction_keeps_the_old_value():
+    ann = person()
+    ann.correct_sex(Sex.FEMALE, "no change", NOW)  # already so: nothing recorded
+    with pytest.raises(InvalidFieldError):
+        ann.correct_sex(Sex.MALE, "", NOW)
+    ann.correct_sex(Sex.MALE, "keyed in error at reception", NOW)
+    assert ann.sex is Sex.MALE
+    events = ann.collect_events()
+    assert [type(e).__name__ for e in events] == ["Registered", "SexCorrected"]
+    assert (events[1].previous_sex, events[1].sex) == ("FEMALE", "MALE")
+
+
 def test_a_correction_without_a_reason_is_refused():
     with pytest.raises(InvalidFieldError, match="reason"):
         person().correct_date_of_birth(date(1980, 7, 15), " ", NOW)
