@@ -1,7 +1,13 @@
 """An async event store on asyncpg, table-compatible with the eventsourcing library's
 PostgreSQL recorders."""
 
-from libs.eventstore.audit import AuditReport, audit_store
+from libs.eventstore.audit import (
+    AuditReport,
+    ProjectionCheck,
+    TableComparison,
+    audit_store,
+    verify_projection,
+)
 from libs.eventstore.database import create_pool
 from libs.eventstore.errors import (
     CommandReusedError,
@@ -29,11 +35,13 @@ __all__ = [
     "EventStoreError",
     "InvalidAppendError",
     "Projection",
+    "ProjectionCheck",
     "ProjectionLagError",
     "ProjectionRunner",
     "RecordedEvent",
     "Repository",
     "StreamHead",
+    "TableComparison",
     "TrackingConflictError",
     "TrackingStore",
     "audit_store",
@@ -41,4 +49,5 @@ __all__ = [
     "create_mapper",
     "create_pool",
     "create_schema",
+    "verify_projection",
 ]

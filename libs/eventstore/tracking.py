@@ -52,8 +52,12 @@ class TrackingStore:
         self._advanced = asyncio.Condition()
         self._wanted: dict[str, asyncio.Event] = {}
 
-    async def position(self, projection: str, upstream: str) -> int | None:
-        return await self.pool.fetchval(self._select, projection, upstream)
+    async def position(
+        self, projection: str, upstream: str, *, conn: asyncpg.Connection | None = None
+    ) -> int | None:
+        """The last upstream position applied; read on `conn` to see it in that
+        connection's transaction."""
+        return await (conn or self.pool).fetchval(self._select, projection, upstream)
 
     async def positions(self, projection: str) -> dict[str, int]:
         rows = await self.pool.fetch(self._select_all, projection)

@@ -10,7 +10,13 @@ import asyncpg
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from libs.eventstore import EventStore, ProjectionRunner, TrackingConflictError, TrackingStore
+from libs.eventstore import (
+    EventStore,
+    ProjectionRunner,
+    TrackingConflictError,
+    TrackingStore,
+    verify_projection,
+)
 
 
 class CountByTopic:
@@ -295,3 +301,61 @@ async def test_two_runners_of_one_projection_apply_each_event_once(pool, schema)
     assert head == 200
     assert sum((await view.counts(pool)).values()) == 200
     assert runners[0].failures == runners[1].failures == 0
+
+
+async def _rebuilt_count_by_topic(conn, scratch: str) -> CountByTopic:
+    view = CountByTopic(scratch)
+    await view.create(conn)
+    return view
+
+
+async def test_a_live_view_is_proved_against_one_rebuilt_from_its_events(store, pool, schema):
+    view = CountByTopic(schema)
+    await view.create(pool)
+    tracking = TrackingStore(pool, schema)
+    runner = ProjectionRunner(view, store, tracking, batch_size=3)
+    await _append_topics(store, ["a", "b", "a", "c"] * 5)
+    follower = asyncio.create_task(runner.run())
+    await tracking.wait("count_by_topic", schema, 20, timeout=5)
+    writing = asyncio.create_task(_append_topics(store, ["d", "a"] * 20))
+    try:
+        steps = []
+        check = await verify_projection(
+            store,
+            tracking,
+            "count_by_topic",
+            ["count_by_topic"],
+            _rebuilt_count_by_topic,
+            batch_size=7,
+            progress=lambda done, total: steps.append((done, total)),
+        )
+        await writing
+    finally:
+        follower.cancel()
+    assert check.matches, check
+    # Compared where the live view stood in the snapshot, while events went on arriving.
+    assert 20 <= check.position <= await store.head_position()
+    assert steps[-1] == (check.position, check.position)
+    (compared,) = check.tables
+    assert compared.live_rows == compared.rebuilt_rows >= 1
+    leftover = await pool.fetchval(
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE $1", f"{schema}_verify_%"
+    )
+    assert leftover == 0
+
+
+async def test_a_view_changed_behind_its_projection_is_shown_to_differ(store, pool, schema):
+    view = CountByTopic(schema)
+    await view.create(pool)
+    tracking = TrackingStore(pool, schema)
+    await _append_topics(store, ["a", "b", "a"])
+    await ProjectionRunner(view, store, tracking).catch_up()
+    await pool.execute(f"UPDATE {view.table} SET n = 99 WHERE topic = 'a'")
+    check = await verify_projection(
+        store, tracking, "count_by_topic", ["count_by_topic"], _rebuilt_count_by_topic
+    )
+    assert not check.matches and check.position == 3
+    (compared,) = check.tables
+    assert (compared.only_live, compared.only_rebuilt) == (1, 1)
+    assert compared.only_live_examples == ("(a,99)",)
+    assert compared.only_rebuilt_examples == ("(a,2)",)
