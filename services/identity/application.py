@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.application import AggregateNotFoundError, project_aggregate
 from eventsourcing.domain import Aggregate
 
 from libs.domain.errors import (
@@ -24,6 +25,7 @@ from libs.eventstore import (
     AppendResult,
     ConcurrencyError,
     EventStore,
+    ProjectionCheck,
     Repository,
     TrackingStore,
     command_digest,
@@ -58,6 +60,35 @@ class PersonView:
     person: Person
     redirected_from: UUID | None
     version_position: int | None = None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One event of a person's record: what it said, when it happened, and when and by
+    whom it was recorded."""
+
+    position: int
+    version: int
+    event: str
+    occurred_at: datetime
+    recorded_at: datetime
+    actor: str | None
+    facts: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PersonHistory:
+    """A person's record as it was known at `known_at` (now, when None): the events
+    recorded by then and the person they made. `later` counts events recorded since."""
+
+    person_id: UUID
+    known_at: datetime | None
+    entries: list[HistoryEntry]
+    person: Person | None
+    later: int
+
+
+_ENVELOPE = frozenset({"originator_id", "originator_version", "timestamp", "occurred_at"})
 
 
 def utcnow() -> datetime:
@@ -412,6 +443,39 @@ class IdentityApplication:
         if claim is None or claim.holder is None:
             raise NotFoundError("identifier", str(identifier))
         return await self.get_person(claim.holder)
+
+    async def person_history(
+        self, person_id: UUID, *, known_at: datetime | None = None
+    ) -> PersonHistory:
+        """The person's own record as known at `known_at`: every event recorded by then,
+        oldest first, and the person as those events made them (None if not yet
+        registered then). A merged person's record ends in its redirect; the survivor's
+        history says what it absorbed."""
+        recorded = await self.store.read_stream(person_id)
+        if not recorded or not recorded[0].topic.startswith(Person.__module__ + ":Person."):
+            raise NotFoundError("person", str(person_id))
+        known = [r for r in recorded if known_at is None or r.recorded_at <= known_at]
+        events = [self.repository.mapper.to_domain_event(r) for r in known]
+        entries = [
+            HistoryEntry(
+                position=r.position,
+                version=r.originator_version,
+                event=type(e).__name__,
+                occurred_at=getattr(e, "occurred_at", e.timestamp),
+                recorded_at=r.recorded_at,
+                actor=r.actor,
+                facts={k: v for k, v in vars(e).items() if k not in _ENVELOPE},
+            )
+            for r, e in zip(known, events, strict=True)
+        ]
+        person = project_aggregate(None, events) if events else None
+        return PersonHistory(person_id, known_at, entries, person, len(recorded) - len(known))
+
+    async def verify_search_index(
+        self, *, progress: Callable[[int, int], None] | None = None
+    ) -> ProjectionCheck:
+        """Rebuilds the search index from the events beside the live one, and compares."""
+        return await self.search_index.verify(self.store, self.tracking, progress=progress)
 
     async def wait_for_index(self, position: int, *, timeout: float = 5.0) -> None:
         """Returns once the search index includes every write up to `position`.

@@ -53,9 +53,16 @@ class Identity:
 async def bootstrap(
     pool: asyncpg.Pool, *, schema: str = SCHEMA, cipher_key: str | None = None
 ) -> Identity:
+    """Creates (or brings up to date) the service's tables, then wires it."""
     async with pool.acquire() as conn:
         await create_schema(conn, schema)
         await create_search_index(conn, schema)
+    return connect(pool, schema=schema, cipher_key=cipher_key)
+
+
+def connect(pool: asyncpg.Pool, *, schema: str = SCHEMA, cipher_key: str | None = None) -> Identity:
+    """Wires the service over tables that already exist, changing nothing in the
+    database (for operators' tools)."""
     store = EventStore(pool, schema)
     mapper = create_mapper(cipher_key)
     # People and claims have short streams: rebuilding from events beats a snapshot read.

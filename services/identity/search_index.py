@@ -3,7 +3,7 @@ keys, and the queries that find and score candidates from it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -12,7 +12,14 @@ from uuid import UUID
 import asyncpg
 from eventsourcing.persistence import Mapper
 
-from libs.eventstore import RecordedEvent, Repository
+from libs.eventstore import (
+    EventStore,
+    ProjectionCheck,
+    RecordedEvent,
+    Repository,
+    TrackingStore,
+    verify_projection,
+)
 from libs.eventstore.recorder import quote_schema
 from services.identity.domain import MAX_REDIRECTS, Name, Person, Status
 from services.identity.identifiers import Identifier, IdentifierType
@@ -29,6 +36,7 @@ from services.identity.matching import (
 SQL = Path(__file__).parent / "sql" / "search_index.sql"
 PROJECTION_NAME = "identity_search"
 CANDIDATE_LIMIT = 500
+TABLES = ("search_person", "search_name", "search_identifier")
 
 
 async def create_search_index(conn: asyncpg.Connection, schema: str) -> None:
@@ -165,9 +173,7 @@ class SearchIndex:
             INSERT INTO {s}.search_identifier SELECT * FROM unnest($1::text[], $2::text[],
                 $3::uuid[])
         """
-        self._clear = [
-            f"TRUNCATE {s}.search_person, {s}.search_name, {s}.search_identifier",
-        ]
+        self._clear = [f"TRUNCATE {', '.join(f'{s}.{table}' for table in TABLES)}"]
         # One round trip: block, then load each candidate with its names and identifiers.
         self._search = f"""
             WITH blocked AS (
@@ -269,6 +275,22 @@ class SearchIndex:
     async def clear(self, conn: asyncpg.Connection) -> None:
         for statement in self._clear:
             await conn.execute(statement)
+
+    async def verify(
+        self,
+        store: EventStore,
+        tracking: TrackingStore,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> ProjectionCheck:
+        """Rebuilds this index from `store`'s events beside the live one and compares
+        them (see `verify_projection`); the live index keeps serving meanwhile."""
+
+        async def build(conn: asyncpg.Connection, schema: str) -> SearchIndex:
+            await create_search_index(conn, schema)
+            return SearchIndex(self.pool, schema, self.mapper, self.repository)
+
+        return await verify_projection(store, tracking, self.name, TABLES, build, progress=progress)
 
     # ------------------------------------------------------------------- queries
 

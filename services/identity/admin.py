@@ -1,0 +1,271 @@
+"""Operators' tools for the identity store: audit replay and serious case review.
+
+    python -m services.identity.admin audit
+        Checks every event: positions gapless up to the head, recording times in order,
+        every stream's hash chain intact.
+    python -m services.identity.admin verify-index
+        Rebuilds the search index from the events beside the live one, while the service
+        runs, and compares the two row by row.
+    python -m services.identity.admin history PERSON_ID [--known-at 2026-11-01T09:00:00Z]
+        A person's record as it was known at that moment (default: now): each event
+        recorded by then, with when it happened, when and by whom it was recorded, and
+        the person those events made.
+
+DATABASE_URL names the database (`make db-url` prints the development one);
+THROUGHLINE_CIPHER_KEY the key events were encrypted with, if any. Nothing is written
+to the service's tables. Exit status: 0 when all is well, 1 when the audit finds a
+problem, the index differs or the person is unknown, 2 for a bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from libs.console import Progress, table
+from libs.domain.errors import NotFoundError
+from libs.eventstore import audit_store, create_pool
+from libs.eventstore.recorder import quote_schema
+from services.identity.application import PersonHistory
+from services.identity.bootstrap import SCHEMA, Identity, connect
+from services.identity.domain import Name
+from services.identity.identifiers import Identifier, IdentifierType
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.identity.admin",
+        description="Audit replay and serious case review for the identity store.",
+    )
+    parser.add_argument("--schema", default=SCHEMA, help="the service's schema (identity)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("audit", help="check positions, recording times and hash chains")
+    commands.add_parser("verify-index", help="rebuild the search index and compare")
+    history = commands.add_parser("history", help="a person's record as known at a moment")
+    history.add_argument("person_id", type=UUID)
+    history.add_argument(
+        "--known-at",
+        type=moment,
+        help="an ISO 8601 time with its zone, e.g. 2026-11-01T09:00:00Z (default: now)",
+    )
+    return parser.parse_args(argv)
+
+
+def moment(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no time zone: add one, e.g. {text}Z for UTC"
+        )
+    return value
+
+
+async def run(arguments: argparse.Namespace, database_url: str) -> int:
+    pool = await create_pool(database_url, min_size=1, max_size=4)
+    try:
+        stored = f"{quote_schema(arguments.schema)}.stored_events"
+        if await pool.fetchval("SELECT to_regclass($1)", stored) is None:
+            raise UsageError(f"there is no identity store in schema {arguments.schema!r}")
+        identity = connect(pool, schema=arguments.schema)
+        if arguments.command == "audit":
+            return await audit(identity)
+        if arguments.command == "verify-index":
+            return await verify_index(identity)
+        return await history(identity, arguments.person_id, arguments.known_at)
+    finally:
+        await pool.close()
+
+
+async def audit(identity: Identity) -> int:
+    report = await audit_store(identity.store, progress=Progress("events checked"))
+    result = "intact" if report.intact else f"{len(report.problems):,} problems"
+    print(
+        table(
+            ["store", "events", "streams", "head position", "result"],
+            [
+                [
+                    identity.store.schema,
+                    report.events_checked,
+                    report.streams_checked,
+                    report.head_position,
+                    result,
+                ]
+            ],
+        )
+    )
+    if report.problems:
+        print()
+        print(table(["problem"], [[problem] for problem in report.problems]))
+    return 0 if report.intact else 1
+
+
+async def verify_index(identity: Identity) -> int:
+    check = await identity.application.verify_search_index(progress=Progress("events applied"))
+    print(
+        f"The search index ({check.projection}) as it stood at position {check.position:,}, "
+        f"against one rebuilt from the events up to there:"
+    )
+    print(
+        table(
+            ["table", "live rows", "rebuilt rows", "only live", "only rebuilt", "result"],
+            [
+                [
+                    t.table,
+                    t.live_rows,
+                    t.rebuilt_rows,
+                    t.only_live,
+                    t.only_rebuilt,
+                    "matches" if t.matches else "DIFFERS",
+                ]
+                for t in check.tables
+            ],
+        )
+    )
+    examples = [
+        [t.table, side, row]
+        for t in check.tables
+        for side, rows in (("live", t.only_live_examples), ("rebuilt", t.only_rebuilt_examples))
+        for row in rows
+    ]
+    if examples:
+        print("\nRows found on one side only (examples):")
+        print(table(["table", "only in", "row"], examples))
+    return 0 if check.matches else 1
+
+
+async def history(identity: Identity, person_id: UUID, known_at: datetime | None) -> int:
+    try:
+        found = await identity.application.person_history(person_id, known_at=known_at)
+    except NotFoundError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(render_history(found))
+    return 0
+
+
+def render_history(found: PersonHistory) -> str:
+    when = "now" if found.known_at is None else f"at {utc(found.known_at)} UTC"
+    heading = f"Person {found.person_id} as known {when}"
+    if found.later:
+        heading += f" ({found.later:,} events recorded since are not shown)"
+    lines = [heading]
+    if found.person is None:
+        lines.append("Not on the record yet: the first event was recorded later.")
+        return "\n".join(lines)
+    lines.append(
+        table(
+            ["position", "version", "occurred (UTC)", "recorded (UTC)", "by", "event", "facts"],
+            [
+                [
+                    e.position,
+                    e.version,
+                    utc(e.occurred_at),
+                    utc(e.recorded_at),
+                    e.actor,
+                    e.event,
+                    describe(e.facts),
+                ]
+                for e in found.entries
+            ],
+        )
+    )
+    person = found.person
+    lines += [
+        "",
+        f"The record {when}:",
+        table(
+            ["field", "value"],
+            [
+                ["name", str_name(person.name)],
+                ["date of birth", person.date_of_birth.isoformat()],
+                ["sex", person.sex.value],
+                ["identifiers", ", ".join(map(str, sorted(person.identifiers))) or "none"],
+                ["aliases", ", ".join(map(str_name, person.aliases)) or "none"],
+                [
+                    "date of death",
+                    person.date_of_death.isoformat() if person.date_of_death else "none",
+                ],
+                ["status", person.status.value],
+                ["merged into", person.merged_into or ""],
+                ["marked not the same as", ", ".join(map(str, sorted(person.not_duplicates)))],
+                ["version", person.version],
+            ],
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def utc(moment_: datetime) -> str:
+    return moment_.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def str_name(name: Name) -> str:
+    return f"{name.given_names} {name.family_name}"
+
+
+def describe(facts: dict[str, Any]) -> str:
+    """An event's facts as `key: value` pairs, names and identifiers written out."""
+    return "; ".join(f"{key.replace('_', ' ')}: {_fact(value)}" for key, value in facts.items())
+
+
+def _fact(value: Any) -> str:
+    if isinstance(value, dict) and set(value) == {"given_names", "family_name"}:
+        return str_name(Name.from_dict(value))
+    if _is_identifier(value):
+        return str(Identifier(IdentifierType(value[0]), value[1]))
+    if isinstance(value, list | tuple):
+        return ", ".join(_fact(item) for item in value) if value else "none"
+    if isinstance(value, datetime):
+        return utc(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if value is None:
+        return "none"
+    return str(value)
+
+
+def _is_identifier(value: Any) -> bool:
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(part, str) for part in value)
+        and value[0] in _IDENTIFIER_TYPES
+    )
+
+
+_IDENTIFIER_TYPES = frozenset(t.value for t in IdentifierType)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
+    database_url = os.environ.get("DATABASE_URL")
+    if not database_url:
+        print("set DATABASE_URL (`make db-url` prints the development one)", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run(arguments, database_url))
+    except UsageError as error:
+        print(error, file=sys.stderr)
+        return 2
+    except (OSError, asyncpg.PostgresError) as error:
+        print(f"could not read the identity store: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

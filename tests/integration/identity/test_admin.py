@@ -1,0 +1,139 @@
+"""Operators' tools against real PostgreSQL: a person's record as known at a past moment,
+the search index proved against one rebuilt from events, and the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import date, timedelta
+from uuid import uuid4
+
+import pytest
+
+from libs.domain.errors import NotFoundError
+from services.identity.admin import parse_arguments, run
+from services.identity.domain import Name, Sex, Status
+from services.identity.identifiers import parse_identifier
+
+PNC = parse_identifier("PNC", "12/394773H")
+
+
+async def test_a_record_is_shown_as_it_was_known_at_a_past_moment(identity):
+    app = identity.application
+    registered = await app.register_person(
+        uuid4(), Name("Ann", "Example"), date(1980, 5, 17), Sex.FEMALE, [PNC], []
+    )
+    person_id = registered.person_id
+    await app.change_name(uuid4(), person_id, Name("Ann", "Wed"), "marriage")
+    await app.record_death(uuid4(), person_id, date(2026, 1, 2))
+    await app.correct_death(uuid4(), person_id, None, "recorded on the wrong person")
+
+    now = await app.person_history(person_id)
+    assert [e.event for e in now.entries] == [
+        "Registered",
+        "NameChanged",
+        "DeathRecorded",
+        "DeathCorrected",
+    ]
+    assert now.person.date_of_death is None and now.later == 0
+    death = now.entries[2]
+    assert death.actor is None and death.facts == {"date_of_death": date(2026, 1, 2)}
+    assert now.entries[3].facts["reason"] == "recorded on the wrong person"
+
+    # As known just after the death was recorded: dead, under the married name.
+    then = await app.person_history(person_id, known_at=death.recorded_at)
+    assert [e.event for e in then.entries] == ["Registered", "NameChanged", "DeathRecorded"]
+    assert then.person.date_of_death == date(2026, 1, 2)
+    assert then.person.name == Name("Ann", "Wed") and then.later == 1
+    before = await app.person_history(
+        person_id, known_at=now.entries[0].recorded_at - timedelta(microseconds=1)
+    )
+    assert before.entries == [] and before.person is None and before.later == 4
+
+    with pytest.raises(NotFoundError):
+        await app.person_history(uuid4())
+
+
+async def test_the_search_index_is_proved_against_one_rebuilt_from_events(identity, pool):
+    app = identity.application
+    first = await app.register_person(
+        uuid4(), Name("Ann", "Example"), date(1980, 5, 17), Sex.FEMALE, [PNC], []
+    )
+    second = await app.register_person(
+        uuid4(), Name("Anne", "Example"), date(1980, 5, 17), Sex.FEMALE, [], []
+    )
+    merged = await app.merge_people(uuid4(), first.person_id, second.person_id, "same")
+    await app.wait_for_index(merged.position)
+    check = await app.verify_search_index()
+    assert check.matches and check.position == merged.position
+    assert {t.table: t.live_rows for t in check.tables} == {
+        "search_person": 2,
+        "search_name": 2,  # the survivor's name and the alias it absorbed
+        "search_identifier": 1,
+    }
+
+    schema = identity.store.schema
+    await pool.execute(
+        f'UPDATE "{schema}".search_person SET status = $1 WHERE person_id = $2',
+        Status.MERGED.value,
+        first.person_id,
+    )
+    check = await app.verify_search_index()
+    differing = [t for t in check.tables if not t.matches]
+    assert [(t.table, t.only_live, t.only_rebuilt) for t in differing] == [("search_person", 1, 1)]
+    assert str(first.person_id) in differing[0].only_live_examples[0]
+
+
+async def test_the_command_line_prints_readable_tables(identity, pool, capsys, test_database_url):
+    app = identity.application
+    registered = await app.register_person(
+        uuid4(), Name("Zoë", "O'Brien"), date(1980, 5, 17), Sex.FEMALE, [PNC], []
+    )
+    await app.wait_for_index(registered.position)
+    schema = identity.store.schema
+
+    async def command(*argv: str) -> tuple[int, str]:
+        status = await run(parse_arguments(["--schema", schema, *argv]), test_database_url)
+        return status, capsys.readouterr().out
+
+    status, out = await command("history", str(registered.person_id))
+    assert status == 0
+    assert "Registered" in out and "PNC 2012/0394773H" in out and "Zoë O'Brien" in out
+    assert out.splitlines()[1].split() == [
+        "position",
+        "version",
+        "occurred",
+        "(UTC)",
+        "recorded",
+        "(UTC)",
+        "by",
+        "event",
+        "facts",
+    ]
+    status, out = await command("verify-index")
+    assert status == 0 and out.count("matches") == 3
+    status, out = await command("audit")
+    assert status == 0 and "intact" in out
+    assert await command("history", str(uuid4())) == (1, "")
+
+
+def test_the_command_line_refuses_a_missing_store_and_a_time_without_a_zone(
+    test_database_url,
+):
+    environment = {**os.environ, "DATABASE_URL": test_database_url}
+
+    def admin(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "services.identity.admin", *argv],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=60,
+        )
+
+    missing = admin("--schema", "no_such_store", "audit")
+    assert missing.returncode == 2
+    assert "no identity store in schema 'no_such_store'" in missing.stderr
+    naive = admin("history", str(uuid4()), "--known-at", "2026-11-01T09:00:00")
+    assert naive.returncode == 2 and "has no time zone" in naive.stderr
