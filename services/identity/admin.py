@@ -161,7 +161,9 @@ async def history(identity: Identity, person_id: UUID, known_at: datetime | None
 def render_history(found: PersonHistory) -> str:
     when = "now" if found.known_at is None else f"at {utc(found.known_at)} UTC"
     heading = f"Person {found.person_id} as known {when}"
-    if found.later:
+    if found.later == 1:
+        heading += " (1 event recorded since is not shown)"
+    elif found.later:
         heading += f" ({found.later:,} events recorded since are not shown)"
     lines = [heading]
     if found.person is None:

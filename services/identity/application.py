@@ -88,7 +88,10 @@ class PersonHistory:
     later: int
 
 
-_ENVELOPE = frozenset({"originator_id", "originator_version", "timestamp", "occurred_at"})
+# What every event carries, shown in the history's own columns rather than as facts.
+_ENVELOPE = frozenset(
+    {"originator_id", "originator_version", "originator_topic", "timestamp", "occurred_at"}
+)
 
 
 def utcnow() -> datetime:

@@ -12,7 +12,7 @@ from uuid import uuid4
 import pytest
 
 from libs.domain.errors import NotFoundError
-from services.identity.admin import parse_arguments, run
+from services.identity.admin import parse_arguments, render_history, run
 from services.identity.domain import Name, Sex, Status
 from services.identity.identifiers import parse_identifier
 
@@ -30,6 +30,13 @@ async def test_a_record_is_shown_as_it_was_known_at_a_past_moment(identity):
     await app.correct_death(uuid4(), person_id, None, "recorded on the wrong person")
 
     now = await app.person_history(person_id)
+    assert now.entries[0].facts == {
+        "name": {"given_names": "Ann", "family_name": "Example"},
+        "date_of_birth": date(1980, 5, 17),
+        "sex": "FEMALE",
+        "identifiers": [["PNC", "2012/0394773H"]],
+        "aliases": [],
+    }
     assert [e.event for e in now.entries] == [
         "Registered",
         "NameChanged",
@@ -46,6 +53,9 @@ async def test_a_record_is_shown_as_it_was_known_at_a_past_moment(identity):
     assert [e.event for e in then.entries] == ["Registered", "NameChanged", "DeathRecorded"]
     assert then.person.date_of_death == date(2026, 1, 2)
     assert then.person.name == Name("Ann", "Wed") and then.later == 1
+    shown = render_history(then)
+    assert "(1 event recorded since is not shown)" in shown.splitlines()[0]
+    assert ["date", "of", "death", "2026-01-02"] in [line.split() for line in shown.splitlines()]
     before = await app.person_history(
         person_id, known_at=now.entries[0].recorded_at - timedelta(microseconds=1)
     )
