@@ -1,10 +1,11 @@
 """Runs a projection over a store's events: each batch is applied and its position
 recorded in one transaction, so it never moves past an event it did not apply.
 
-`catch_up` and `rebuild` stop at the first error and raise it. `run`, which follows the
-store for as long as the service lives, outlasts errors: it logs each, waits, and resumes
-from the recorded position, so a PostgreSQL restart delays the view but never leaves it
-behind for good."""
+`catch_up` and `rebuild` stop at the first error and raise it; a batch another runner
+recorded first is not an error, and they carry on from where it got to. `run`, which
+follows the store for as long as the service lives, outlasts errors: it logs each, waits,
+and resumes from the recorded position, so a PostgreSQL restart delays the view but never
+leaves it behind for good."""
 
 from __future__ import annotations
 
@@ -131,14 +132,22 @@ class ProjectionRunner:
         self, *, upto: int | None = None, progress: Callable[[int, int], None] | None = None
     ) -> int:
         """Applies everything up to `upto` (default: the store's head now) and returns the
-        position reached. `progress(position, target)` is called after every batch."""
+        position reached. `progress(position, target)` is called after every batch.
+
+        Another runner may follow the same projection meanwhile (the live service, while
+        an operator rebuilds): whichever records a batch first applies it, and the other
+        carries on from the position recorded."""
         target = upto if upto is not None else await self.source.head_position()
         after = await self.position()
         while after < target:
             batch = await self.source.read_all(after, self.batch_size, upto=target)
             if not batch:
                 break
-            after = await self._apply(after, batch)
+            try:
+                after = await self._apply(after, batch)
+            except TrackingConflictError:
+                after = await self.position()
+                continue
             if progress:
                 progress(after, target)
         return after

@@ -359,3 +359,39 @@ async def test_a_view_changed_behind_its_projection_is_shown_to_differ(store, po
     assert (compared.only_live, compared.only_rebuilt) == (1, 1)
     assert compared.only_live_examples == ("(a,99)",)
     assert compared.only_rebuilt_examples == ("(a,2)",)
+
+
+class AnotherRunnerGoesFirst:
+    """The store as a rebuild reads it, except that just after the first read another
+    runner applies those events (and more) and records them first."""
+
+    def __init__(self, store: EventStore, other: ProjectionRunner, upto: int) -> None:
+        self.store, self.other, self.upto = store, other, upto
+        self.schema = store.schema
+        self.raced = False
+
+    async def head_position(self) -> int:
+        return await self.store.head_position()
+
+    async def read_all(self, after, limit, *, upto=None):
+        batch = await self.store.read_all(after, limit, upto=upto)
+        if not self.raced:
+            self.raced = True
+            await self.other.catch_up(upto=self.upto)
+        return batch
+
+
+async def test_a_rebuild_carries_on_where_another_runner_got_to(store, pool, schema):
+    view = CountByTopic(schema)
+    await view.create(pool)
+    tracking = TrackingStore(pool, schema)
+    await _append_topics(store, ["a", "b"] * 30)
+    live = ProjectionRunner(view, store, tracking, batch_size=4)
+    await live.catch_up()
+    await pool.execute(f"UPDATE {view.table} SET n = 0")  # a view gone wrong
+    source = AnotherRunnerGoesFirst(store, live, upto=30)
+    rebuilding = ProjectionRunner(view, source, tracking, batch_size=3)  # type: ignore[arg-type]
+    steps = []
+    assert await rebuilding.rebuild(progress=lambda done, total: steps.append(done)) == 60
+    assert source.raced and steps[0] == 33  # its first batch was the other's: went on from 30
+    assert await view.counts(pool) == {"a": 30, "b": 30}
