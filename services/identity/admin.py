@@ -6,6 +6,10 @@
     python -m services.identity.admin verify-index
         Rebuilds the search index from the events beside the live one, while the service
         runs, and compares the two row by row.
+    python -m services.identity.admin rebuild-index --yes
+        Empties the search index and applies every event to it again, beside the running
+        service (whichever records a batch first applies it). Until it finishes, searches
+        see part of the record: run it when verify-index finds the index wrong.
     python -m services.identity.admin history PERSON_ID [--known-at 2026-11-01T09:00:00Z]
         A person's record as it was known at that moment (default: now): each event
         recorded by then, with when it happened, when and by whom it was recorded, and
@@ -13,8 +17,9 @@
 
 DATABASE_URL names the database (`make db-url` prints the development one);
 THROUGHLINE_CIPHER_KEY the key events were encrypted with, if any. Nothing is written
-to the service's tables. Exit status: 0 when all is well, 1 when the audit finds a
-problem, the index differs or the person is unknown, 2 for a bad command line.
+to the service's tables except by rebuild-index. Exit status: 0 when all is well, 1 when
+the audit finds a problem, the index differs or the person is unknown, 2 for a bad command
+line.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
@@ -53,6 +59,10 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("audit", help="check positions, recording times and hash chains")
     commands.add_parser("verify-index", help="rebuild the search index and compare")
+    rebuild = commands.add_parser("rebuild-index", help="empty the search index and refill it")
+    rebuild.add_argument(
+        "--yes", action="store_true", help="searches see part of the record until it ends"
+    )
     history = commands.add_parser("history", help="a person's record as known at a moment")
     history.add_argument("person_id", type=UUID)
     history.add_argument(
@@ -86,6 +96,13 @@ async def run(arguments: argparse.Namespace, database_url: str) -> int:
             return await audit(identity)
         if arguments.command == "verify-index":
             return await verify_index(identity)
+        if arguments.command == "rebuild-index":
+            if not arguments.yes:
+                raise UsageError(
+                    "rebuild-index empties the search index first: until it finishes, "
+                    "searches see part of the record. Add --yes to go ahead."
+                )
+            return await rebuild_index(identity)
         return await history(identity, arguments.person_id, arguments.known_at)
     finally:
         await pool.close()
@@ -146,6 +163,18 @@ async def verify_index(identity: Identity) -> int:
         print("\nRows found on one side only (examples):")
         print(table(["table", "only in", "row"], examples))
     return 0 if check.matches else 1
+
+
+async def rebuild_index(identity: Identity) -> int:
+    started = time.monotonic()
+    position = await identity.projection.rebuild(progress=Progress("events applied"))
+    print(
+        table(
+            ["projection", "rebuilt to position", "seconds"],
+            [[identity.projection.projection.name, position, time.monotonic() - started]],
+        )
+    )
+    return 0
 
 
 async def history(identity: Identity, person_id: UUID, known_at: datetime | None) -> int:

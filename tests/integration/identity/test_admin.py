@@ -12,7 +12,7 @@ from uuid import uuid4
 import pytest
 
 from libs.domain.errors import NotFoundError
-from services.identity.admin import parse_arguments, render_history, run
+from services.identity.admin import UsageError, parse_arguments, render_history, run
 from services.identity.domain import Name, Sex, Status
 from services.identity.identifiers import parse_identifier
 
@@ -121,6 +121,15 @@ async def test_the_command_line_prints_readable_tables(identity, pool, capsys, t
         "event",
         "facts",
     ]
+    status, out = await command("verify-index")
+    assert status == 0 and out.count("matches") == 3
+    await pool.execute(f'DELETE FROM "{schema}".search_name')  # an index gone wrong
+    status, out = await command("verify-index")
+    assert status == 1 and "DIFFERS" in out and "only in" in out
+    with pytest.raises(UsageError, match="--yes"):
+        await command("rebuild-index")
+    status, out = await command("rebuild-index", "--yes")
+    assert status == 0 and "identity_search" in out
     status, out = await command("verify-index")
     assert status == 0 and out.count("matches") == 3
     status, out = await command("audit")
