@@ -26,6 +26,7 @@ from libs.eventstore import (
     ConcurrencyError,
     EventStore,
     ProjectionCheck,
+    RecordedEvent,
     Repository,
     TrackingStore,
     command_digest,
@@ -74,6 +75,7 @@ class HistoryEntry:
     recorded_at: datetime
     actor: str | None
     facts: dict[str, Any]
+    recorded: RecordedEvent  # as stored, for the feed's envelope
 
 
 @dataclass(frozen=True)
@@ -468,6 +470,7 @@ class IdentityApplication:
                 recorded_at=r.recorded_at,
                 actor=r.actor,
                 facts={k: v for k, v in vars(e).items() if k not in _ENVELOPE},
+                recorded=r,
             )
             for r, e in zip(known, events, strict=True)
         ]

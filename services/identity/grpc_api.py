@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from throughline.identity.v1 import identity_pb2 as pb
 from throughline.identity.v1 import identity_pb2_grpc
 
 from libs.chassis.auth import AccessPolicy, TokenVerifier
-from libs.chassis.feed import EventFeedServicer
+from libs.chassis.feed import EventFeedServicer, Translator, envelope
 from libs.chassis.server import Registration, Server
 from services.identity.application import IdentityApplication, PersonView
 from services.identity.bootstrap import Identity
@@ -42,6 +44,7 @@ POLICY = AccessPolicy(
         f"/{SERVICE}/UnmergePeople": _MERGE,
         f"/{SERVICE}/MarkNotDuplicate": _MERGE,
         f"/{SERVICE}/GetPerson": _READ,
+        f"/{SERVICE}/GetPersonHistory": _READ,
         f"/{SERVICE}/SearchPeople": _READ,
         f"/{SERVICE}/ListPossibleDuplicates": _READ,
         "/throughline.feed.v1.EventFeedService/": frozenset({"feed.read"}),
@@ -60,6 +63,7 @@ def _view_pb(view: PersonView) -> pb.GetPersonResponse:
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     def __init__(self, application: IdentityApplication) -> None:
         self.app = application
+        self._translator: Translator | None = None  # made when first needed
 
     async def RegisterPerson(self, request, context):
         v = Violations()
@@ -217,6 +221,30 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             return _view_pb(await self.app.get_person_by_identifier(identifier))
         v.add("key", "set person_id or identifier")
         v.raise_if_any()
+
+    async def GetPersonHistory(self, request, context):
+        v = Violations()
+        person_id = uuid_field(request.person_id, "person_id", v)
+        known_at = None
+        if request.HasField("known_at"):
+            try:
+                known_at = request.known_at.ToDatetime(tzinfo=UTC)
+            except (ValueError, OverflowError):
+                v.add("known_at", "must be a time between the years 1 and 9999")
+        v.raise_if_any()
+        found = await self.app.person_history(person_id, known_at=known_at)
+        translate = self._translate()
+        return pb.GetPersonHistoryResponse(
+            events=[envelope(entry.recorded, translate) for entry in found.entries],
+            person=person_pb(found.person) if found.person else None,
+            merged_into_person_id=str(found.person.merged_into or "") if found.person else "",
+            later_events=found.later,
+        )
+
+    def _translate(self) -> Translator:
+        if self._translator is None:
+            self._translator = event_translator(self.app.repository.mapper)
+        return self._translator
 
     async def SearchPeople(self, request, context):
         v = Violations()

@@ -537,6 +537,72 @@ async def test_the_feed_carries_typed_person_events_with_their_facts(client):
     assert claimed.identifier.value == "2012/0394773H" and claimed.person_id == person.person_id
 
 
+async def test_a_record_as_known_at_a_past_moment_for_a_serious_case_review(client):
+    person = await client.RegisterPerson(registration(ids=[PNC]))
+    pid = person.person_id
+    await client.RecordDeath(
+        pb.RecordDeathRequest(
+            command_id=str(uuid4()), person_id=pid, date_of_death=Date(year=2026, month=1, day=2)
+        )
+    )
+    await client.CorrectDeath(
+        pb.CorrectDeathRequest(
+            command_id=str(uuid4()), person_id=pid, recorded_in_error=True, reason="wrong person"
+        )
+    )
+    now = await client.GetPersonHistory(pb.GetPersonHistoryRequest(person_id=pid))
+    assert [e.event_type.rsplit(".", 1)[1] for e in now.events] == [
+        "Registered",
+        "DeathRecorded",
+        "DeathCorrected",
+    ]
+    assert not now.person.HasField("date_of_death") and now.later_events == 0
+    assert all(e.actor == "clerk:ann" and e.stream_id == pid for e in now.events)
+
+    death = now.events[1]
+    then = await client.GetPersonHistory(
+        pb.GetPersonHistoryRequest(person_id=pid, known_at=death.recorded_at)
+    )
+    assert len(then.events) == 2 and then.later_events == 1
+    assert then.person.date_of_death.year == 2026 and then.person.version == 2
+    recorded = pb.PersonEvent()
+    assert then.events[1].payload.Unpack(recorded) and recorded.date_of_death.day == 2
+
+    error = await failure(
+        client.GetPersonHistory(
+            pb.GetPersonHistoryRequest(person_id=pid, known_at={"seconds": -(10**12)})
+        )
+    )
+    assert violations_of(error) == [("known_at", "must be a time between the years 1 and 9999")]
+    error = await failure(client.GetPersonHistory(pb.GetPersonHistoryRequest(person_id="x")))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = await failure(
+        client.GetPersonHistory(pb.GetPersonHistoryRequest(person_id=str(uuid4())))
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    reader = client.verifier.mint("reviewer:sam", ["identity.read"])
+    allowed = await client.GetPersonHistory(
+        pb.GetPersonHistoryRequest(person_id=pid),
+        metadata=(("authorization", f"Bearer {reader}"),),
+    )
+    assert len(allowed.events) == 3
+
+    duplicate = await client.RegisterPerson(registration(given="Anne"))
+    await client.MergePeople(
+        pb.MergePeopleRequest(
+            command_id=str(uuid4()),
+            survivor_person_id=pid,
+            duplicate_person_id=duplicate.person_id,
+            reason="same fingerprints",
+        )
+    )
+    merged = await client.GetPersonHistory(
+        pb.GetPersonHistoryRequest(person_id=duplicate.person_id)
+    )
+    assert merged.merged_into_person_id == pid
+    assert merged.events[-1].event_type.endswith("PersonEvent.MergedInto")
+
+
 async def test_concurrent_registrations_of_one_identifier_leave_one_holder(client):
     calls = [client.RegisterPerson(registration(given=f"P{i}", ids=[NOMS])) for i in range(5)]
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
