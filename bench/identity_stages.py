@@ -34,6 +34,7 @@ from libs.eventstore import AppendResult, Repository, StreamHead, create_mapper,
 from services.identity.application import IdentityApplication, Written
 from services.identity.bootstrap import bootstrap
 from services.identity.grpc_api import identity_server
+from services.identity.translate import event_translator
 
 
 class AnswerAtOnce:
@@ -73,10 +74,11 @@ async def measure(stage: str, server: Server, token: str, first: int) -> tuple[L
 async def run(dsn: str) -> dict[str, tuple[Load, Load]]:
     verifier = TokenVerifier(SECRET)
     token = verifier.mint("bench", ["identity.write"])
+    translate = event_translator(create_mapper(cipher_key=""))
     results = {}
     answer_at_once: Any = AnswerAtOnce()
     results["servicer"] = await measure(
-        "servicer", identity_server(answer_at_once, verifier), token, 10_000_000
+        "servicer", identity_server(answer_at_once, verifier, translate), token, 10_000_000
     )
     events = EventList()
     in_memory = IdentityApplication(
@@ -86,7 +88,7 @@ async def run(dsn: str) -> dict[str, tuple[Load, Load]]:
         None,  # type: ignore[arg-type]
     )
     results["application"] = await measure(
-        "application", identity_server(in_memory, verifier), token, 20_000_000
+        "application", identity_server(in_memory, verifier, translate), token, 20_000_000
     )
     pool = await create_pool(dsn, min_size=4, max_size=24)
     try:
@@ -96,7 +98,7 @@ async def run(dsn: str) -> dict[str, tuple[Load, Load]]:
                 identity.start_projection()
             try:
                 results[stage] = await measure(
-                    stage, identity_server(identity.application, verifier), token, first
+                    stage, identity_server(identity.application, verifier, translate), token, first
                 )
             finally:
                 await identity.close()

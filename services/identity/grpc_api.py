@@ -61,9 +61,9 @@ def _view_pb(view: PersonView) -> pb.GetPersonResponse:
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
-    def __init__(self, application: IdentityApplication) -> None:
+    def __init__(self, application: IdentityApplication, translate: Translator) -> None:
         self.app = application
-        self._translator: Translator | None = None  # made when first needed
+        self.translate = translate  # stored events as the feed carries them
 
     async def RegisterPerson(self, request, context):
         v = Violations()
@@ -233,18 +233,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 v.add("known_at", "must be a time between the years 1 and 9999")
         v.raise_if_any()
         found = await self.app.person_history(person_id, known_at=known_at)
-        translate = self._translate()
         return pb.GetPersonHistoryResponse(
-            events=[envelope(entry.recorded, translate) for entry in found.entries],
+            events=[envelope(entry.recorded, self.translate) for entry in found.entries],
             person=person_pb(found.person) if found.person else None,
             merged_into_person_id=str(found.person.merged_into or "") if found.person else "",
             later_events=found.later,
         )
-
-    def _translate(self) -> Translator:
-        if self._translator is None:
-            self._translator = event_translator(self.app.repository.mapper)
-        return self._translator
 
     async def SearchPeople(self, request, context):
         v = Violations()
@@ -294,27 +288,31 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
 def build_server(identity: Identity, verifier: TokenVerifier) -> Server:
     """The identity gRPC server: IdentityService and this service's event feed."""
+    translate = event_translator(identity.mapper)
     return identity_server(
         identity.application,
         verifier,
-        feed=EventFeedServicer(identity.store, event_translator(identity.mapper)),
+        translate,
+        feed=EventFeedServicer(identity.store, translate),
     )
 
 
 def identity_server(
     application: IdentityApplication,
     verifier: TokenVerifier,
+    translate: Translator,
     *,
     feed: EventFeedServicer | None = None,
 ) -> Server:
-    """A server for IdentityService over `application`, with `feed` when given."""
+    """A server for IdentityService over `application`, with `feed` when given.
+    `translate` turns stored events into the feed's messages (GetPersonHistory)."""
     return Server(
         "identity",
         [
             Registration(
                 SERVICE,
                 identity_pb2_grpc.add_IdentityServiceServicer_to_server,
-                IdentityServicer(application),
+                IdentityServicer(application, translate),
             )
         ],
         verifier=verifier,

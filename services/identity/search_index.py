@@ -333,7 +333,10 @@ class SearchIndex:
 
     async def profile_of(self, person_id: UUID) -> tuple[Profile, set[UUID]] | None:
         """The indexed profile of a person and the people marked as not them."""
-        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
             row = await conn.fetchrow(self._profile, person_id)
             if row is None:
                 return None
