@@ -59,8 +59,10 @@ class Name:
         ):
             if len(value) > MAX_NAME_LENGTH:
                 violations.append((name_field, f"must be at most {MAX_NAME_LENGTH} characters"))
-            if any(unicodedata.category(c) in ("Cc", "Cf") for c in value):
-                violations.append((name_field, "must not contain control characters"))
+            if any(_hidden(c) for c in value):
+                violations.append(
+                    (name_field, "must not contain control or invisible formatting characters")
+                )
         if violations:
             raise InvalidFieldError(*violations)
         return cls(given, family)
@@ -71,6 +73,17 @@ class Name:
     @classmethod
     def from_dict(cls, data: dict[str, str]) -> Name:
         return cls(data["given_names"], data["family_name"])
+
+
+# Zero-width non-joiner and joiner: invisible, but part of how Persian, Urdu and Indic
+# scripts spell names. Other formatting characters (bidirectional overrides, zero-width
+# spaces) only hide or disguise what a name says.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def _hidden(char: str) -> bool:
+    category = unicodedata.category(char)
+    return category == "Cc" or (category == "Cf" and char not in _JOINERS)
 
 
 def check_date_of_birth(value: date, today: date, *, field: str = "date_of_birth") -> date:

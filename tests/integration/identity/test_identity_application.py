@@ -20,6 +20,7 @@ from services.identity.bootstrap import bootstrap
 from services.identity.domain import Name, Sex
 from services.identity.identifiers import parse_identifier
 from tests.conftest import new_schema_name
+from tests.unit.identity.test_person import ALIREZA
 
 PNC = parse_identifier("PNC", "12/394773H")
 CRO = parse_identifier("CRO", "29906/12J")
@@ -228,6 +229,12 @@ async def test_names_in_other_scripts_are_stored_as_given_and_found(identity):
         "Cyrillic": await register(app, given="Дмитрий", family="Иванов", dob=date(1975, 2, 3)),
         "Arabic": await register(app, given="محمد", family="الحسن", dob=date(1990, 8, 1)),
         "Greek": await register(app, given="Νίκος", family="Παπαδόπουλος", dob=date(1968, 11, 30)),
+        "Persian": await register(
+            app,
+            given=Name.checked(ALIREZA, "x").given_names,
+            family="محمدی",
+            dob=date(1988, 3, 21),
+        ),
     }
     await app.wait_for_index(await identity.store.head_position())
     assert (await app.get_person(people["Arabic"].person_id)).person.name == Name("محمد", "الحسن")
@@ -235,6 +242,7 @@ async def test_names_in_other_scripts_are_stored_as_given_and_found(identity):
         "Cyrillic": ([Name("дмитрий", "ИВАНОВ")], date(1975, 2, 3)),  # case differs
         "Arabic": ([Name("محمد", "الحسن")], date(1990, 8, 1)),
         "Greek": ([Name("Νικος", "Παπαδοπουλος")], date(1968, 11, 30)),  # no accents
+        "Persian": ([Name("علیرضا", "محمدی")], date(1988, 3, 21)),  # typed without the joiner
     }
     for script, (names, dob) in searches.items():
         found = await app.search_people(names=names, date_of_birth=dob, identifiers=[])

@@ -18,6 +18,8 @@ from services.identity.domain import (
 )
 from services.identity.identifiers import Identifier, IdentifierType
 
+# Persian letters, with the zero-width non-joiner Persian writes this name with.
+ALIREZA = "علی\u200cرضا"  # noqa: RUF001 (Arabic-script letters, not look-alikes of Latin)
 NOW = datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
 PNC = Identifier(IdentifierType.PNC, "2012/0394773H")
 NOMS = Identifier(IdentifierType.NOMS, "A1234AA")
@@ -51,6 +53,19 @@ def test_names_keep_their_script_and_punctuation_but_not_empty():
         ("name.given_names", "must not be empty"),
         ("name.family_name", "must not be empty"),
     ]
+
+
+def test_joiners_that_scripts_write_names_with_are_kept_but_hidden_controls_refused():
+    # Persian writes Alireza with a zero-width non-joiner; Indic scripts use the joiner.
+    persian = Name.checked(ALIREZA, "محمدی")
+    assert persian.given_names == ALIREZA
+    assert Name.checked("क्\u200dष", "शर्मा").given_names == "क्\u200dष"
+    for hidden in ("\u202e", "\u2066", "\u200b", "\x07"):  # bidi override, isolate...
+        with pytest.raises(InvalidFieldError) as raised:
+            Name.checked(f"Ann{hidden}", "Example")
+        assert raised.value.violations == [
+            ("given_names", "must not contain control or invisible formatting characters")
+        ]
 
 
 def test_dates_of_birth_in_the_future_or_impossibly_long_ago_are_refused():
