@@ -35,14 +35,25 @@ STRONG_IDENTIFIERS = frozenset(
 CONFLICTING_IDENTIFIERS = frozenset({IdentifierType.PNC, IdentifierType.CRO})
 
 
+# Scripts whose marks are optional: accents, and Arabic and Hebrew vowel points. In
+# the others (Devanagari, Bengali, Thai...) a mark is a vowel or part of a consonant
+# cluster, and two names can differ only there.
+_OPTIONAL_MARKS = ("LATIN", "GREEK", "CYRILLIC", "ARABIC", "HEBREW")
+
+
 def normalise(text: str) -> str:
     """Case-folded letters without accents, apostrophes or hyphens: how names compare.
-    Letters of other scripts are kept, so non-Latin names still compare and block."""
+    Letters of other scripts are kept, with the vowel signs that spell them, so
+    non-Latin names still compare and block."""
     decomposed = unicodedata.normalize("NFKD", text.casefold())
     kept = []
+    marks_optional = True
     for char in decomposed:
-        if unicodedata.combining(char):
+        if unicodedata.category(char).startswith("M"):
+            if not marks_optional:
+                kept.append(char)
             continue
+        marks_optional = char.isascii() or unicodedata.name(char, "").startswith(_OPTIONAL_MARKS)
         if char.isalpha():
             kept.append(char)
         elif char in " -.":

@@ -76,6 +76,18 @@ def test_names_compare_without_accents_apostrophes_or_case_but_keep_other_script
     assert normalise("ИВАНОВ") == "иванов"
 
 
+def test_vowel_signs_are_letters_in_scripts_that_need_them_and_optional_in_others():
+    # Devanagari and Thai write vowels as marks on consonants: Ram and Rima, Somchai and
+    # Somying differ only there. Arabic and Hebrew vowel points are optional.
+    assert normalise("राम") != normalise("रीमा")
+    assert normalise("สมชาย") == "สมชาย"
+    assert normalise("محمّد") == normalise("محمد") == "محمد"
+    assert normalise("שָׁלוֹם") == "שלום"
+    twins = score(profile("रीमा", "शर्मा"), profile("राम", "शर्मा"))
+    assert twins.score < 0.4
+    assert score(profile("राम", "शर्मा"), profile("राम", "शर्मा")).score > 0.9
+
+
 def test_date_variants_cover_one_slip():
     variants = date_variants(date(1980, 3, 12))
     assert date(1980, 3, 13) in variants  # one digit changed
