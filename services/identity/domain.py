@@ -352,6 +352,14 @@ class Person(Aggregate):
                 "survivor_merged",
                 f"survivor {survivor.id} was itself merged into {survivor.merged_into}",
             )
+        if self.date_of_death != survivor.date_of_death:
+            # Which record is right about a death is for a person to decide: a merge
+            # would otherwise keep the survivor's and drop the other silently.
+            raise RuleViolatedError(
+                "death_differs",
+                f"{_death(self)} but {_death(survivor)}: record or correct the death so "
+                f"the two agree before merging",
+            )
         apart = kept_apart([self, *merged_into_self], [survivor, *merged_into_survivor])
         if apart is not None:
             one, other = apart
@@ -483,6 +491,12 @@ class Person(Aggregate):
     @event("NotDuplicateMarked")
     def _not_duplicate_marked(self, other_id: UUID, reason: str, occurred_at: datetime) -> None:
         self.not_duplicates.add(other_id)
+
+
+def _death(person: Person) -> str:
+    if person.date_of_death is None:
+        return f"{person.id} has no recorded death"
+    return f"{person.id} died on {person.date_of_death}"
 
 
 def kept_apart(one: Sequence[Person], other: Sequence[Person]) -> tuple[UUID, UUID] | None:

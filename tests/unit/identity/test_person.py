@@ -224,6 +224,20 @@ def test_circular_repeated_and_overridden_merges_are_refused(arrange, rule):
     assert raised.value.rule == rule
 
 
+def test_records_that_disagree_about_a_death_are_not_merged():
+    alive, dead = person(), person()
+    dead.record_death(date(2026, 1, 2), NOW)
+    for duplicate, survivor in ((dead, alive), (alive, dead)):
+        with pytest.raises(RuleViolatedError) as raised:
+            duplicate.merge_into(survivor, "same", NOW)
+        assert raised.value.rule == "death_differs"
+        assert f"{dead.id} died on 2026-01-02" in str(raised.value)
+        assert f"{alive.id} has no recorded death" in str(raised.value)
+    alive.record_death(date(2026, 1, 2), NOW)
+    dead.merge_into(alive, "same", NOW)
+    assert dead.merged_into == alive.id
+
+
 def test_merging_back_the_other_way_is_refused():
     a, b = person(), person()
     a.merge_into(b, "same", NOW)
