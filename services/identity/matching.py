@@ -45,6 +45,9 @@ def normalise(text: str) -> str:
     """Case-folded letters without accents, apostrophes or hyphens: how names compare.
     Letters of other scripts are kept, with the vowel signs that spell them, so
     non-Latin names still compare and block."""
+    if text.isascii():  # most names: no accents or marks to look at
+        kept = [" " if c in " -." else c for c in text.lower() if c.isalpha() or c in " -."]
+        return " ".join("".join(kept).split())
     decomposed = unicodedata.normalize("NFKD", text.casefold())
     kept = []
     marks_optional = True

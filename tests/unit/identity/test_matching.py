@@ -73,6 +73,7 @@ def test_identifiers_decide_for_and_against():
 
 def test_names_compare_without_accents_apostrophes_or_case_but_keep_other_scripts():
     assert normalise("Zoë O'Brien-Łukasz") == "zoe obrien lukasz"
+    assert normalise(" O'Brien-SMITH  Jr. 2nd") == "obrien smith jr nd"
     assert normalise("ИВАНОВ") == "иванов"
 
 
