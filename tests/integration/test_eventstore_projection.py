@@ -297,20 +297,32 @@ async def test_two_runners_of_one_projection_apply_each_event_once(pool, schema)
     assert runners[0].failures == runners[1].failures == 0
 
 
-class FollowedSecond:
-    """A store as a following runner reads it, except that just after it reads its first
-    batch another runner applies those events and records them first."""
+class AnotherRunnerGoesFirst:
+    """The store as one runner reads it, except that just after its first read (a batch
+    read, or the first batch of a subscription) `other` applies those events, up to
+    `upto` (default: the head), and records them first."""
 
-    def __init__(self, store: EventStore, first: ProjectionRunner) -> None:
-        self.store, self.first = store, first
+    def __init__(self, store: EventStore, other: ProjectionRunner, upto: int | None = None):
+        self.store, self.other, self.upto = store, other, upto
         self.schema = store.schema
         self.raced = False
 
+    async def _race(self) -> None:
+        if not self.raced:
+            self.raced = True
+            await self.other.catch_up(upto=self.upto)
+
+    async def head_position(self) -> int:
+        return await self.store.head_position()
+
+    async def read_all(self, after, limit, *, upto=None):
+        batch = await self.store.read_all(after, limit, upto=upto)
+        await self._race()
+        return batch
+
     async def subscribe_batches(self, after, *, batch_size):
         async for batch in self.store.subscribe_batches(after, batch_size=batch_size):
-            if not self.raced:
-                self.raced = True
-                await self.first.catch_up()
+            await self._race()
             yield batch
 
 
@@ -321,7 +333,7 @@ async def test_a_following_runner_that_loses_a_batch_resumes_where_the_winner_go
     await view.create(pool)
     tracking = TrackingStore(pool, schema)
     await _append_topics(store, ["a", "b", "c"] * 10)
-    source = FollowedSecond(store, ProjectionRunner(view, store, tracking, batch_size=7))
+    source = AnotherRunnerGoesFirst(store, ProjectionRunner(view, store, tracking, batch_size=7))
     follower = ProjectionRunner(view, source, tracking, batch_size=4)  # type: ignore[arg-type]
     task = asyncio.create_task(follower.run())
     try:
@@ -391,26 +403,6 @@ async def test_a_view_changed_behind_its_projection_is_shown_to_differ(store, po
     assert (compared.only_live, compared.only_rebuilt) == (1, 1)
     assert compared.only_live_examples == ("(a,99)",)
     assert compared.only_rebuilt_examples == ("(a,2)",)
-
-
-class AnotherRunnerGoesFirst:
-    """The store as a rebuild reads it, except that just after the first read another
-    runner applies those events (and more) and records them first."""
-
-    def __init__(self, store: EventStore, other: ProjectionRunner, upto: int) -> None:
-        self.store, self.other, self.upto = store, other, upto
-        self.schema = store.schema
-        self.raced = False
-
-    async def head_position(self) -> int:
-        return await self.store.head_position()
-
-    async def read_all(self, after, limit, *, upto=None):
-        batch = await self.store.read_all(after, limit, upto=upto)
-        if not self.raced:
-            self.raced = True
-            await self.other.catch_up(upto=self.upto)
-        return batch
 
 
 async def test_a_rebuild_carries_on_where_another_runner_got_to(store, pool, schema):
