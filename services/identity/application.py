@@ -81,13 +81,16 @@ class HistoryEntry:
 @dataclass(frozen=True)
 class PersonHistory:
     """A person's record as it was known at `known_at` (now, when None): the events
-    recorded by then and the person they made. `later` counts events recorded since."""
+    recorded by then (or one page of them) and the person they all made. `later` counts
+    events recorded since; `next_after_version` is where the next page starts, 0 when
+    this page ends the events known then."""
 
     person_id: UUID
     known_at: datetime | None
     entries: list[HistoryEntry]
     person: Person | None
     later: int
+    next_after_version: int = 0
 
 
 # What every event carries, shown in the history's own columns rather than as facts.
@@ -450,17 +453,33 @@ class IdentityApplication:
         return await self.get_person(claim.holder)
 
     async def person_history(
-        self, person_id: UUID, *, known_at: datetime | None = None
+        self,
+        person_id: UUID,
+        *,
+        known_at: datetime | None = None,
+        after_version: int = 0,
+        limit: int | None = None,
     ) -> PersonHistory:
-        """The person's own record as known at `known_at`: every event recorded by then,
+        """The person's own record as known at `known_at`: the events recorded by then,
         oldest first, and the person as those events made them (None if not yet
         registered then). A merged person's record ends in its redirect; the survivor's
-        history says what it absorbed."""
+        history says what it absorbed.
+
+        With `after_version` and `limit`, only that page of the events is listed; the
+        person is still the one all the events known then made."""
         recorded = await self.store.read_stream(person_id)
         if not recorded or not recorded[0].topic.startswith(Person.__module__ + ":Person."):
             raise NotFoundError("person", str(person_id))
         known = [r for r in recorded if known_at is None or r.recorded_at <= known_at]
         events = [self.repository.mapper.to_domain_event(r) for r in known]
+        person = project_aggregate(None, events) if events else None
+        page = [
+            (r, e)
+            for r, e in zip(known, events, strict=True)
+            if r.originator_version > after_version
+        ]
+        more = limit is not None and len(page) > limit
+        page = page[:limit]
         entries = [
             HistoryEntry(
                 position=r.position,
@@ -472,10 +491,16 @@ class IdentityApplication:
                 facts={k: v for k, v in vars(e).items() if k not in _ENVELOPE},
                 recorded=r,
             )
-            for r, e in zip(known, events, strict=True)
+            for r, e in page
         ]
-        person = project_aggregate(None, events) if events else None
-        return PersonHistory(person_id, known_at, entries, person, len(recorded) - len(known))
+        return PersonHistory(
+            person_id,
+            known_at,
+            entries,
+            person,
+            len(recorded) - len(known),
+            next_after_version=page[-1][0].originator_version if more else 0,
+        )
 
     async def verify_search_index(
         self, *, progress: Callable[[int, int], None] | None = None

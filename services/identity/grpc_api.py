@@ -31,6 +31,7 @@ from services.identity.translate import (
     reason_field,
     sex_field,
     uuid_field,
+    version_field,
 )
 
 SERVICE = pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
@@ -231,13 +232,18 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 known_at = request.known_at.ToDatetime(tzinfo=UTC)
             except (ValueError, OverflowError):
                 v.add("known_at", "must be a time between the years 1 and 9999")
+        after_version = version_field(request.after_version, "after_version", v)
+        limit = limit_field(request.limit, "limit", v, default=100, most=1000)
         v.raise_if_any()
-        found = await self.app.person_history(person_id, known_at=known_at)
+        found = await self.app.person_history(
+            person_id, known_at=known_at, after_version=after_version, limit=limit
+        )
         return pb.GetPersonHistoryResponse(
             events=[envelope(entry.recorded, self.translate) for entry in found.entries],
             person=person_pb(found.person) if found.person else None,
             merged_into_person_id=str(found.person.merged_into or "") if found.person else "",
             later_events=found.later,
+            next_after_version=found.next_after_version,
         )
 
     async def SearchPeople(self, request, context):

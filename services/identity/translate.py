@@ -172,6 +172,12 @@ def position_field(value: int, field: str, v: Violations) -> int:
     return value
 
 
+def version_field(value: int, field: str, v: Violations) -> int:
+    if value < 0:
+        v.add(field, "must be 0 or a version of the person's stream")
+    return value
+
+
 # ------------------------------------------------------------------ to protos
 
 

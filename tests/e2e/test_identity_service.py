@@ -603,6 +603,52 @@ async def test_a_record_as_known_at_a_past_moment_for_a_serious_case_review(clie
     assert merged.events[-1].event_type.endswith("PersonEvent.MergedInto")
 
 
+async def test_a_long_history_is_read_in_pages_as_known_at_one_moment(client):
+    person = await client.RegisterPerson(registration())
+    pid = person.person_id
+    for n in range(4):
+        await client.AddAlias(
+            pb.AddAliasRequest(
+                command_id=str(uuid4()),
+                person_id=pid,
+                alias=pb.Name(given_names=f"Alias{n}", family_name="Example"),
+            )
+        )
+    whole = await client.GetPersonHistory(pb.GetPersonHistoryRequest(person_id=pid))
+    assert len(whole.events) == 5 and whole.next_after_version == 0
+    moment = whole.events[3].recorded_at  # the record with three aliases
+
+    pages, after = [], 0
+    while True:
+        page = await client.GetPersonHistory(
+            pb.GetPersonHistoryRequest(person_id=pid, known_at=moment, after_version=after, limit=2)
+        )
+        pages.append([e.stream_version for e in page.events])
+        # Every page describes the person as known at the moment, not as of its page.
+        assert [a.given_names for a in page.person.aliases] == ["Alias0", "Alias1", "Alias2"]
+        assert page.later_events == 1
+        if not page.next_after_version:
+            break
+        after = page.next_after_version
+    assert pages == [[1, 2], [3, 4]]
+
+    error = await failure(
+        client.GetPersonHistory(pb.GetPersonHistoryRequest(person_id=pid, limit=1001))
+    )
+    assert violations_of(error) == [("limit", "must be between 1 and 1000, or 0 for 100")]
+    error = await failure(
+        client.GetPersonHistory(pb.GetPersonHistoryRequest(person_id=pid, after_version=-1))
+    )
+    assert violations_of(error) == [
+        ("after_version", "must be 0 or a version of the person's stream")
+    ]
+    beyond = await client.GetPersonHistory(
+        pb.GetPersonHistoryRequest(person_id=pid, after_version=5)
+    )
+    assert list(beyond.events) == [] and beyond.next_after_version == 0
+    assert len(beyond.person.aliases) == 4
+
+
 async def test_concurrent_registrations_of_one_identifier_leave_one_holder(client):
     calls = [client.RegisterPerson(registration(given=f"P{i}", ids=[NOMS])) for i in range(5)]
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
