@@ -5,6 +5,7 @@ rebuilds the view from the events beside the live one and compares them, row by 
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -116,6 +117,8 @@ class ProjectionCheck:
     projection: str
     position: int  # the upstream position the live view had applied, and the rebuild to
     tables: tuple[TableComparison, ...]
+    # Scratch schemas an earlier verification left when it was killed, dropped by this one.
+    dropped_leftovers: tuple[str, ...] = ()
 
     @property
     def matches(self) -> bool:
@@ -140,39 +143,87 @@ async def verify_projection(
     projection writing there. In one snapshot, the live tables are copied with the
     position their projection had applied; the events up to that position are applied
     to the new tables; then the two are compared. The scratch schema is dropped after.
-    `progress(position, target)` is called after every batch."""
+    `progress(position, target)` is called after every batch.
+
+    While it works, the verification holds a session advisory lock named after its
+    scratch schema, so a verification that was killed (its connection gone, its lock with
+    it) is told apart from one still running: the next one drops what the killed one
+    left."""
     upstream = upstream or store.schema
     live = quote_schema(store.schema)
-    scratch_name = f"{store.schema[:40]}_verify_{secrets.token_hex(4)}"
+    prefix = f"{store.schema[:40]}_verify_"
+    scratch_name = f"{prefix}{secrets.token_hex(4)}"
     scratch = quote_schema(scratch_name)
     async with store.pool.acquire() as conn:
-        await conn.execute(f"CREATE SCHEMA {scratch}")
+        await conn.execute(f"SELECT pg_advisory_lock({SCRATCH_LOCKS}, hashtext($1))", scratch_name)
+        try:
+            await conn.execute(f"CREATE SCHEMA {scratch}")
+            try:
+                leftovers = await _drop_leftovers(conn, prefix, scratch_name)
+                projection = await build(conn, scratch_name)
+                async with conn.transaction(isolation="repeatable_read"):
+                    position = await tracking.position(projection_name, upstream, conn=conn) or 0
+                    for table in tables:
+                        await conn.execute(
+                            f"CREATE TABLE {scratch}.{_live_copy(table)} AS "
+                            f"SELECT * FROM {live}.{quote_schema(table)}"
+                        )
+                after = 0
+                while after < position:
+                    batch = await store.read_all(after, batch_size, upto=position)
+                    if not batch:
+                        break
+                    async with conn.transaction():
+                        await projection.apply(conn, batch)
+                    after = batch[-1].position
+                    if progress:
+                        progress(after, position)
+                compared = [await _compare(conn, scratch, table) for table in tables]
+            finally:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {scratch} CASCADE")
+        finally:
+            await _unlock(conn, scratch_name)
+    return ProjectionCheck(projection_name, position, tuple(compared), leftovers)
+
+
+# The first key of the two-key advisory locks verifications hold on their scratch schemas
+# (a lock space of its own: the store's single-key locks never meet these).
+SCRATCH_LOCKS = 0x7E21F1ED
+
+
+async def _drop_leftovers(conn: asyncpg.Connection, prefix: str, own: str) -> tuple[str, ...]:
+    """Drops the scratch schemas named `prefix` + 8 hex digits whose verification is gone:
+    no session holds their lock. `own` is this session's (its lock would be granted
+    again to the session holding it)."""
+    dropped = []
+    for (name,) in await conn.fetch(
+        "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1) ORDER BY nspname",
+        prefix,
+    ):
+        if name == own or not re.fullmatch(re.escape(prefix) + "[0-9a-f]{8}", name):
+            continue
+        if not await conn.fetchval(
+            f"SELECT pg_try_advisory_lock({SCRATCH_LOCKS}, hashtext($1))", name
+        ):
+            continue  # a verification running now
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {quote_schema(name)} CASCADE")
+            dropped.append(name)
+        finally:
+            await _unlock(conn, name)
+    return tuple(dropped)
+
+
+async def _unlock(conn: asyncpg.Connection, scratch_name: str) -> None:
+    # Pool connections go back without a reset (libs.eventstore.database), so a lock that
+    # cannot be released takes its connection with it rather than going back held.
     try:
-        async with store.pool.acquire() as conn:
-            projection = await build(conn, scratch_name)
-            async with conn.transaction(isolation="repeatable_read"):
-                position = await tracking.position(projection_name, upstream, conn=conn) or 0
-                for table in tables:
-                    await conn.execute(
-                        f"CREATE TABLE {scratch}.{_live_copy(table)} AS "
-                        f"SELECT * FROM {live}.{quote_schema(table)}"
-                    )
-        after = 0
-        while after < position:
-            batch = await store.read_all(after, batch_size, upto=position)
-            if not batch:
-                break
-            async with store.pool.acquire() as conn, conn.transaction():
-                await projection.apply(conn, batch)
-            after = batch[-1].position
-            if progress:
-                progress(after, position)
-        async with store.pool.acquire() as conn:
-            compared = [await _compare(conn, scratch, table) for table in tables]
-    finally:
-        async with store.pool.acquire() as conn:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {scratch} CASCADE")
-    return ProjectionCheck(projection_name, position, tuple(compared))
+        await conn.execute(
+            f"SELECT pg_advisory_unlock({SCRATCH_LOCKS}, hashtext($1))", scratch_name
+        )
+    except BaseException:
+        conn.terminate()
+        raise
 
 
 def _live_copy(table: str) -> str:

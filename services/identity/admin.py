@@ -162,6 +162,11 @@ async def verify_index(identity: Identity) -> int:
     if examples:
         print("\nRows found on one side only (examples):")
         print(table(["table", "only in", "row"], examples))
+    if check.dropped_leftovers:
+        print(
+            "\nDropped the scratch schemas of verifications that were stopped before they "
+            f"finished: {', '.join(check.dropped_leftovers)}"
+        )
     return 0 if check.matches else 1
 
 

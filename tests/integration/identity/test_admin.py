@@ -12,6 +12,7 @@ from uuid import uuid4
 import pytest
 
 from libs.domain.errors import NotFoundError
+from libs.eventstore.audit import SCRATCH_LOCKS
 from services.identity.admin import UsageError, parse_arguments, render_history, run
 from services.identity.domain import Name, Sex, Status
 from services.identity.identifiers import parse_identifier
@@ -93,6 +94,45 @@ async def test_the_search_index_is_proved_against_one_rebuilt_from_events(identi
     differing = [t for t in check.tables if not t.matches]
     assert [(t.table, t.only_live, t.only_rebuilt) for t in differing] == [("search_person", 1, 1)]
     assert str(first.person_id) in differing[0].only_live_examples[0]
+
+
+async def test_a_verification_that_was_killed_leaves_nothing_behind_for_long(identity, pool):
+    """A verification stopped before it drops its scratch schema (the process killed) is
+    tidied by the next; one still running is left alone."""
+    schema = identity.store.schema
+    killed, running = f"{schema[:40]}_verify_0badc0de", f"{schema[:40]}_verify_0c0ffee0"
+    unrelated = f"{schema[:40]}_verify_notmine"
+    for name in (killed, running, unrelated):
+        await pool.execute(f'CREATE SCHEMA "{name}"')
+    holder = await pool.acquire()  # the running verification's session
+    try:
+        await holder.execute(f"SELECT pg_advisory_lock({SCRATCH_LOCKS}, hashtext($1))", running)
+        check = await identity.application.verify_search_index()
+        assert check.dropped_leftovers == (killed,)
+        schemas = {
+            name
+            for (name,) in await pool.fetch(
+                "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1)",
+                f"{schema[:40]}_verify_",
+            )
+        }
+        # Its own scratch schema is gone too; the running one and one not of this
+        # pattern are kept.
+        assert schemas == {running, unrelated}
+        assert check.matches
+    finally:
+        await holder.execute(f"SELECT pg_advisory_unlock({SCRATCH_LOCKS}, hashtext($1))", running)
+        await pool.release(holder)
+    # No lock is left held on the pool's connections.
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::oid",
+            SCRATCH_LOCKS,
+        )
+        == 0
+    )
+    for name in (running, unrelated):
+        await pool.execute(f'DROP SCHEMA "{name}"')
 
 
 async def test_the_command_line_prints_readable_tables(identity, pool, capsys, test_database_url):
