@@ -16,8 +16,9 @@ from libs.eventstore.errors import (
     EventStoreError,
     InvalidAppendError,
     ProjectionLagError,
+    UnreadableStoreError,
 )
-from libs.eventstore.mapper import create_mapper
+from libs.eventstore.mapper import check_readable, create_mapper
 from libs.eventstore.projection import Projection, ProjectionRunner
 from libs.eventstore.recorder import UNSET, EventStore, create_schema
 from libs.eventstore.records import AppendResult, RecordedEvent, StreamHead, command_digest
@@ -44,7 +45,9 @@ __all__ = [
     "TableComparison",
     "TrackingConflictError",
     "TrackingStore",
+    "UnreadableStoreError",
     "audit_store",
+    "check_readable",
     "command_digest",
     "create_mapper",
     "create_pool",

@@ -61,3 +61,8 @@ class ProjectionLagError(EventStoreError, TimeoutError):
             f"projection {projection!r} has applied {upstream!r} up to {position}, "
             f"not yet {wanted}, after {timeout}s"
         )
+
+
+class UnreadableStoreError(EventStoreError):
+    """The store holds events this service cannot read: they were written with another
+    cipher key, or none (or with it, and the service has none)."""

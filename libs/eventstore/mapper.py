@@ -18,6 +18,9 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import Environment
 
+from libs.eventstore.errors import UnreadableStoreError
+from libs.eventstore.recorder import EventStore
+
 CIPHER_KEY_VARIABLE = "THROUGHLINE_CIPHER_KEY"
 
 
@@ -58,3 +61,24 @@ def create_mapper(cipher_key: str | None = None) -> Mapper:
     key = cipher_key if cipher_key is not None else os.environ.get(CIPHER_KEY_VARIABLE)
     cipher = AESCipher(Environment(env={AESCipher.CIPHER_KEY: key})) if key else None
     return Mapper(transcoder=create_transcoder(), cipher=cipher)
+
+
+async def check_readable(store: EventStore, mapper: Mapper) -> None:
+    """Refuses `mapper` for `store` when it cannot read the store's first and newest
+    events. A service started with another cipher key than its events were written with
+    (or none, or one where there was none) would fail every read, and would append events
+    that no later reader, with either key, could read alongside the others."""
+    head = await store.head_position()
+    if head == 0:
+        return
+    for after in sorted({0, head - 1}):
+        for recorded in await store.read_all(after, 1):
+            try:
+                mapper.to_domain_event(recorded)
+            except Exception as error:
+                raise UnreadableStoreError(
+                    f"cannot read event {recorded.position} of store {store.schema!r} "
+                    f"({type(error).__name__}: {error}). Its events were written with "
+                    f"another cipher key, or none: set {CIPHER_KEY_VARIABLE} to the key "
+                    f"they were written with (unset it if they were written with none)"
+                ) from error

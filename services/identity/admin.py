@@ -38,7 +38,7 @@ import asyncpg
 
 from libs.console import Progress, table
 from libs.domain.errors import NotFoundError
-from libs.eventstore import audit_store, create_pool
+from libs.eventstore import UnreadableStoreError, audit_store, check_readable, create_pool
 from libs.eventstore.recorder import quote_schema
 from services.identity.application import PersonHistory
 from services.identity.bootstrap import SCHEMA, Identity, connect
@@ -93,7 +93,11 @@ async def run(arguments: argparse.Namespace, database_url: str) -> int:
             raise UsageError(f"there is no identity store in schema {arguments.schema!r}")
         identity = connect(pool, schema=arguments.schema)
         if arguments.command == "audit":
-            return await audit(identity)
+            return await audit(identity)  # hashes what is stored: needs no cipher key
+        try:
+            await check_readable(identity.store, identity.mapper)
+        except UnreadableStoreError as error:
+            raise UsageError(str(error)) from None
         if arguments.command == "verify-index":
             return await verify_index(identity)
         if arguments.command == "rebuild-index":

@@ -15,6 +15,7 @@ from libs.eventstore import (
     ProjectionRunner,
     Repository,
     TrackingStore,
+    check_readable,
     create_mapper,
     create_schema,
 )
@@ -53,11 +54,14 @@ class Identity:
 async def bootstrap(
     pool: asyncpg.Pool, *, schema: str = SCHEMA, cipher_key: str | None = None
 ) -> Identity:
-    """Creates (or brings up to date) the service's tables, then wires it."""
+    """Creates (or brings up to date) the service's tables, then wires it, refusing a
+    cipher key its events cannot be read with (`UnreadableStoreError`)."""
     async with pool.acquire() as conn:
         await create_schema(conn, schema)
         await create_search_index(conn, schema)
-    return connect(pool, schema=schema, cipher_key=cipher_key)
+    identity = connect(pool, schema=schema, cipher_key=cipher_key)
+    await check_readable(identity.store, identity.mapper)
+    return identity
 
 
 def connect(pool: asyncpg.Pool, *, schema: str = SCHEMA, cipher_key: str | None = None) -> Identity:

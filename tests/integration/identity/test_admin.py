@@ -10,6 +10,7 @@ from datetime import date, timedelta
 from uuid import uuid4
 
 import pytest
+from eventsourcing.cryptography import AESCipher
 
 from libs.domain.errors import NotFoundError
 from libs.eventstore.audit import SCRATCH_LOCKS
@@ -135,7 +136,9 @@ async def test_a_verification_that_was_killed_leaves_nothing_behind_for_long(ide
         await pool.execute(f'DROP SCHEMA "{name}"')
 
 
-async def test_the_command_line_prints_readable_tables(identity, pool, capsys, test_database_url):
+async def test_the_command_line_prints_readable_tables(
+    identity, pool, capsys, test_database_url, monkeypatch
+):
     app = identity.application
     registered = await app.register_person(
         uuid4(), Name("Zoë", "O'Brien"), date(1980, 5, 17), Sex.FEMALE, [PNC], []
@@ -175,6 +178,14 @@ async def test_the_command_line_prints_readable_tables(identity, pool, capsys, t
     status, out = await command("audit")
     assert status == 0 and "intact" in out
     assert await command("history", str(uuid4())) == (1, "")
+
+    # With a cipher key the events were not written with, the tools that read events
+    # refuse; the audit, which hashes what is stored, still runs.
+    monkeypatch.setenv("THROUGHLINE_CIPHER_KEY", AESCipher.create_key(32))
+    with pytest.raises(UsageError, match="written with another cipher key"):
+        await command("history", str(registered.person_id))
+    status, out = await command("audit")
+    assert status == 0 and "intact" in out
 
 
 def test_the_command_line_refuses_a_missing_store_and_a_time_without_a_zone(

@@ -7,6 +7,7 @@ from datetime import date
 from uuid import uuid4
 
 import pytest
+from eventsourcing.cryptography import AESCipher
 
 from libs.domain.errors import (
     AlreadyExistsError,
@@ -14,7 +15,7 @@ from libs.domain.errors import (
     NotFoundError,
     RuleViolatedError,
 )
-from libs.eventstore import CommandReusedError, ProjectionLagError
+from libs.eventstore import CommandReusedError, ProjectionLagError, UnreadableStoreError
 from services.identity.application import asked
 from services.identity.bootstrap import bootstrap
 from services.identity.domain import Name, Sex
@@ -385,3 +386,38 @@ async def test_retries_of_commands_that_changed_the_record_return_the_first_resu
     # Deciding again would now fail (Bob is already merged); the retry still succeeds.
     retried = await app.merge_people(merge, person.person_id, other.person_id, "same")
     assert (retried.person_id, retried.position) == (merged.person_id, merged.position)
+
+
+async def test_the_service_will_not_start_with_a_cipher_key_its_events_were_not_written_with(
+    pool,
+):
+    """Started with the wrong key (or none, or one where there was none), the service would
+    fail every read and write events no reader could read beside the others: it refuses
+    to start, and says which variable to set."""
+    schema = new_schema_name("cipher")
+    key = AESCipher.create_key(32)
+    first = await bootstrap(pool, schema=schema, cipher_key=key)
+    await first.application.register_person(
+        uuid4(), Name("Ann", "Example"), date(1980, 5, 17), Sex.FEMALE, [], []
+    )
+    await first.close()
+    for wrong in (AESCipher.create_key(32), ""):
+        with pytest.raises(UnreadableStoreError, match="THROUGHLINE_CIPHER_KEY") as refused:
+            await bootstrap(pool, schema=schema, cipher_key=wrong)
+        assert "cannot read event 1 " in str(refused.value)
+    again = await bootstrap(pool, schema=schema, cipher_key=key)
+    person = await again.application.register_person(
+        uuid4(), Name("Bob", "Example"), date(1981, 5, 17), Sex.MALE, [], []
+    )
+    await again.close()
+
+    # Written without a key, then started with one: refused too.
+    plain = new_schema_name("plain")
+    with_none = await bootstrap(pool, schema=plain, cipher_key="")
+    await with_none.application.register_person(
+        uuid4(), Name("Cy", "Example"), date(1982, 5, 17), Sex.MALE, [], []
+    )
+    await with_none.close()
+    with pytest.raises(UnreadableStoreError):
+        await bootstrap(pool, schema=plain, cipher_key=key)
+    assert person.position == 2  # started again with the right key, it wrote on
