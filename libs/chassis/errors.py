@@ -76,11 +76,11 @@ def status_for(error: Exception) -> status_pb2.Status | None:
             violations=error.violations,
         )
     if isinstance(error, NotFoundError):
+        metadata = {"kind": error.kind, "key": error.key}
+        if error.known_at is not None:
+            metadata["known_at"] = error.known_at.isoformat()
         return build_status(
-            code_pb2.NOT_FOUND,
-            str(error),
-            R.ERROR_REASON_NOT_FOUND,
-            metadata={"kind": error.kind, "key": error.key},
+            code_pb2.NOT_FOUND, str(error), R.ERROR_REASON_NOT_FOUND, metadata=metadata
         )
     if isinstance(error, AlreadyExistsError):
         metadata = {"kind": error.kind, "key": error.key}

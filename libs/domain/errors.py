@@ -3,6 +3,8 @@ request and import nothing from gRPC: the service chassis maps them to status co
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class DomainError(Exception):
     """Base class for errors the caller can act on."""
@@ -17,10 +19,16 @@ class InvalidFieldError(DomainError):
 
 
 class NotFoundError(DomainError):
-    def __init__(self, kind: str, key: str) -> None:
+    """Nothing by that key; with `known_at`, nothing by that key as the record stood then."""
+
+    def __init__(self, kind: str, key: str, *, known_at: datetime | None = None) -> None:
         self.kind = kind
         self.key = key
-        super().__init__(f"{kind} {key} was not found")
+        self.known_at = known_at
+        if known_at is None:
+            super().__init__(f"{kind} {key} was not found")
+        else:
+            super().__init__(f"{kind} {key} was not on the record at {known_at.isoformat()}")
 
 
 class AlreadyExistsError(DomainError):

@@ -3,6 +3,7 @@ exists) and saves their pending events, stamped with the actor and trace of the 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -34,15 +35,22 @@ class Repository:
             f"VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
         )
 
-    async def get(self, aggregate_id: UUID, *, version: int | None = None) -> Any:
-        """The aggregate as of its latest version, or as of `version`.
+    async def get(
+        self,
+        aggregate_id: UUID,
+        *,
+        version: int | None = None,
+        known_at: datetime | None = None,
+    ) -> Any:
+        """The aggregate as of its latest version, or as of `version`, or as it was known
+        at `known_at`: from the events recorded by then.
 
-        Raises AggregateNotFoundError if it has no events (up to that version)."""
+        Raises AggregateNotFoundError if it has no events (up to that version or time)."""
         upto = version if version is not None else 2**63 - 1
         aggregate = None
         after = None
         row = None
-        if self.snapshots:
+        if self.snapshots and known_at is None:
             row = await self.store.pool.fetchrow(self._last_snapshot, aggregate_id, upto)
         if row is not None:
             snapshot = self.mapper.to_domain_event(StoredEvent(*row))
@@ -51,6 +59,10 @@ class Repository:
         recorded = await self.store.read_stream(
             aggregate_id, after_version=after, upto_version=version
         )
+        if known_at is not None:
+            # A stream's recording times rise with its versions (positions are handed
+            # out in commit order, and recorded_at never decreases along them).
+            recorded = [event for event in recorded if event.recorded_at <= known_at]
         events = (self.mapper.to_domain_event(event) for event in recorded)
         aggregate = project_aggregate(aggregate, events)
         if aggregate is None:

@@ -10,10 +10,11 @@
         Empties the search index and applies every event to it again, beside the running
         service (whichever records a batch first applies it). Until it finishes, searches
         see part of the record: run it when verify-index finds the index wrong.
-    python -m services.identity.admin history PERSON_ID [--known-at 2026-11-01T09:00:00Z]
+    python -m services.identity.admin history PERSON [--known-at 2026-11-01T09:00:00Z]
         A person's record as it was known at that moment (default: now): each event
         recorded by then, with when it happened, when and by whom it was recorded, and
-        the person those events made.
+        the person those events made. PERSON is a person id, or an identifier as
+        TYPE:VALUE (NOMS:A1234AA, PNC:12/394773H): whoever held it at that moment.
 
 DATABASE_URL names the database (`make db-url` prints the development one);
 THROUGHLINE_CIPHER_KEY the key events were encrypted with, if any. Nothing is written
@@ -43,7 +44,12 @@ from libs.eventstore.recorder import quote_schema
 from services.identity.application import PersonHistory
 from services.identity.bootstrap import SCHEMA, Identity, connect
 from services.identity.domain import Name
-from services.identity.identifiers import Identifier, IdentifierType
+from services.identity.identifiers import (
+    Identifier,
+    IdentifierType,
+    InvalidIdentifier,
+    parse_identifier,
+)
 
 
 class UsageError(Exception):
@@ -64,13 +70,32 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         "--yes", action="store_true", help="searches see part of the record until it ends"
     )
     history = commands.add_parser("history", help="a person's record as known at a moment")
-    history.add_argument("person_id", type=UUID)
+    history.add_argument(
+        "person", type=person_key, help="a person id, or an identifier as TYPE:VALUE"
+    )
     history.add_argument(
         "--known-at",
         type=moment,
         help="an ISO 8601 time with its zone, e.g. 2026-11-01T09:00:00Z (default: now)",
     )
     return parser.parse_args(argv)
+
+
+def person_key(text: str) -> UUID | Identifier:
+    try:
+        return UUID(text)
+    except ValueError:
+        pass
+    kind, separator, value = text.partition(":")
+    if not separator:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a person id nor an identifier as TYPE:VALUE "
+            f"(types: {', '.join(t.value for t in IdentifierType)})"
+        )
+    try:
+        return parse_identifier(kind.strip().upper(), value)
+    except InvalidIdentifier as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
 
 
 def moment(text: str) -> datetime:
@@ -107,7 +132,7 @@ async def run(arguments: argparse.Namespace, database_url: str) -> int:
                     "searches see part of the record. Add --yes to go ahead."
                 )
             return await rebuild_index(identity)
-        return await history(identity, arguments.person_id, arguments.known_at)
+        return await history(identity, arguments.person, arguments.known_at)
     finally:
         await pool.close()
 
@@ -186,9 +211,16 @@ async def rebuild_index(identity: Identity) -> int:
     return 0
 
 
-async def history(identity: Identity, person_id: UUID, known_at: datetime | None) -> int:
+async def history(identity: Identity, person: UUID | Identifier, known_at: datetime | None) -> int:
+    application = identity.application
     try:
-        found = await identity.application.person_history(person_id, known_at=known_at)
+        if isinstance(person, Identifier):
+            person_id = await application.holder_of(person, known_at=known_at)
+            when = "now" if known_at is None else f"at {utc(known_at)} UTC"
+            print(f"{person} was held by {person_id} {when}.")
+        else:
+            person_id = person
+        found = await application.person_history(person_id, known_at=known_at)
     except NotFoundError as error:
         print(error, file=sys.stderr)
         return 1

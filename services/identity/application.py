@@ -170,15 +170,17 @@ class IdentityApplication:
         (first,) = await self.store.read_all(result.positions[0] - 1, 1)
         return Written(first.originator_id, result.last_position, duplicate=True)
 
-    async def _person(self, person_id: UUID) -> Person:
+    async def _person(self, person_id: UUID, known_at: datetime | None = None) -> Person:
         try:
-            return await self.repository.get(person_id)
+            return await self.repository.get(person_id, known_at=known_at)
         except AggregateNotFoundError:
-            raise NotFoundError("person", str(person_id)) from None
+            raise NotFoundError("person", str(person_id), known_at=known_at) from None
 
-    async def _claim(self, identifier: Identifier) -> IdentifierClaim | None:
+    async def _claim(
+        self, identifier: Identifier, known_at: datetime | None = None
+    ) -> IdentifierClaim | None:
         try:
-            return await self.repository.get(claim_id(identifier))
+            return await self.repository.get(claim_id(identifier), known_at=known_at)
         except AggregateNotFoundError:
             return None
 
@@ -433,24 +435,35 @@ class IdentityApplication:
 
     # ------------------------------------------------------------------- queries
 
-    async def get_person(self, person_id: UUID) -> PersonView:
-        """The person, following merge redirects to the survivor."""
-        person = await self._person(person_id)
+    async def get_person(self, person_id: UUID, *, known_at: datetime | None = None) -> PersonView:
+        """The person, following merge redirects to the survivor; with `known_at`, as the
+        record stood then (from the events recorded by then, merges included)."""
+        person = await self._person(person_id, known_at)
         redirected_from = None
         hops = 0
         while person.status is Status.MERGED and person.merged_into is not None:
             redirected_from = redirected_from or person.id
-            person = await self._person(person.merged_into)
+            person = await self._person(person.merged_into, known_at)
             hops += 1
             if hops > MAX_REDIRECTS:
                 raise RuleViolatedError("redirect_loop", f"person {person_id} redirects in a loop")
         return PersonView(person, redirected_from)
 
-    async def get_person_by_identifier(self, identifier: Identifier) -> PersonView:
-        claim = await self._claim(identifier)
+    async def get_person_by_identifier(
+        self, identifier: Identifier, *, known_at: datetime | None = None
+    ) -> PersonView:
+        """Whoever held `identifier` (now, or as the record stood at `known_at`)."""
+        return await self.get_person(
+            await self.holder_of(identifier, known_at=known_at), known_at=known_at
+        )
+
+    async def holder_of(self, identifier: Identifier, *, known_at: datetime | None = None) -> UUID:
+        """The id of the person who held `identifier` (now, or at `known_at`), as the
+        claim recorded it: a merge moves the claim to the survivor."""
+        claim = await self._claim(identifier, known_at)
         if claim is None or claim.holder is None:
-            raise NotFoundError("identifier", str(identifier))
-        return await self.get_person(claim.holder)
+            raise NotFoundError("identifier", str(identifier), known_at=known_at)
+        return claim.holder
 
     async def person_history(
         self,

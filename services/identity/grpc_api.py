@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC
-
 from throughline.identity.v1 import identity_pb2 as pb
 from throughline.identity.v1 import identity_pb2_grpc
 
@@ -24,6 +22,7 @@ from services.identity.translate import (
     event_translator,
     identifier_field,
     limit_field,
+    moment_field,
     name_field,
     past_date_field,
     person_pb,
@@ -211,27 +210,23 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
     async def GetPerson(self, request, context):
         v = Violations()
+        known_at = moment_field(request, "known_at", v)
         key = request.WhichOneof("key")
         if key == "person_id":
             person_id = uuid_field(request.person_id, "person_id", v)
             v.raise_if_any()
-            return _view_pb(await self.app.get_person(person_id))
+            return _view_pb(await self.app.get_person(person_id, known_at=known_at))
         if key == "identifier":
             identifier = identifier_field(request.identifier, "identifier", v)
             v.raise_if_any()
-            return _view_pb(await self.app.get_person_by_identifier(identifier))
+            return _view_pb(await self.app.get_person_by_identifier(identifier, known_at=known_at))
         v.add("key", "set person_id or identifier")
         v.raise_if_any()
 
     async def GetPersonHistory(self, request, context):
         v = Violations()
         person_id = uuid_field(request.person_id, "person_id", v)
-        known_at = None
-        if request.HasField("known_at"):
-            try:
-                known_at = request.known_at.ToDatetime(tzinfo=UTC)
-            except (ValueError, OverflowError):
-                v.add("known_at", "must be a time between the years 1 and 9999")
+        known_at = moment_field(request, "known_at", v)
         after_version = version_field(request.after_version, "after_version", v)
         limit = limit_field(request.limit, "limit", v, default=100, most=1000)
         v.raise_if_any()

@@ -172,6 +172,17 @@ def position_field(value: int, field: str, v: Violations) -> int:
     return value
 
 
+def moment_field(request: Any, field: str, v: Violations) -> datetime | None:
+    """An optional Timestamp field as an aware datetime (None when unset)."""
+    if not request.HasField(field):
+        return None
+    try:
+        return getattr(request, field).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        v.add(field, "must be a time between the years 1 and 9999")
+        return None
+
+
 def version_field(value: int, field: str, v: Violations) -> int:
     if value < 0:
         v.add(field, "must be 0 or a version of the person's stream")

@@ -603,6 +603,76 @@ async def test_a_record_as_known_at_a_past_moment_for_a_serious_case_review(clie
     assert merged.events[-1].event_type.endswith("PersonEvent.MergedInto")
 
 
+async def test_a_lookup_answers_as_the_record_stood_at_a_past_moment(client):
+    """What a lookup by NOMS number made on a past day would have shown: who held it, under
+    what name, and where a merged record redirected, as recorded by then."""
+
+    async def recorded_at(person_id):
+        history = await client.GetPersonHistory(pb.GetPersonHistoryRequest(person_id=person_id))
+        return history.events[-1].recorded_at
+
+    first = await client.RegisterPerson(registration(ids=[NOMS]))
+    registered = await recorded_at(first.person_id)
+    await client.ChangeName(
+        pb.ChangeNameRequest(
+            command_id=str(uuid4()),
+            person_id=first.person_id,
+            name=pb.Name(given_names="Ann", family_name="Wed"),
+            reason="marriage",
+        )
+    )
+    await client.RetireIdentifier(
+        pb.RetireIdentifierRequest(
+            command_id=str(uuid4()), person_id=first.person_id, identifier=NOMS, reason="typo"
+        )
+    )
+    second = await client.RegisterPerson(registration(given="Bea", ids=[NOMS]))
+    survivor = await client.RegisterPerson(registration(given="Bea", family="Other"))
+    before_merge = await recorded_at(survivor.person_id)
+    await client.MergePeople(
+        pb.MergePeopleRequest(
+            command_id=str(uuid4()),
+            survivor_person_id=survivor.person_id,
+            duplicate_person_id=second.person_id,
+            reason="same fingerprints",
+        )
+    )
+
+    then = await client.GetPerson(pb.GetPersonRequest(identifier=NOMS, known_at=registered))
+    assert then.person.person_id == first.person_id
+    assert then.person.name.family_name == "Example" and not then.redirected
+    at_merge = await client.GetPerson(pb.GetPersonRequest(identifier=NOMS, known_at=before_merge))
+    assert at_merge.person.person_id == second.person_id and not at_merge.redirected
+    now = await client.GetPerson(pb.GetPersonRequest(identifier=NOMS))
+    assert now.person.person_id == survivor.person_id  # the merge moved the identifier
+    merged = await client.GetPerson(pb.GetPersonRequest(person_id=second.person_id))
+    assert merged.redirected and merged.person.person_id == survivor.person_id
+    unmerged_then = await client.GetPerson(
+        pb.GetPersonRequest(person_id=second.person_id, known_at=before_merge)
+    )
+    assert not unmerged_then.redirected and unmerged_then.person.person_id == second.person_id
+    old_name = await client.GetPerson(
+        pb.GetPersonRequest(person_id=first.person_id, known_at=registered)
+    )
+    assert old_name.person.name.family_name == "Example" and old_name.person.version == 1
+
+    not_yet = await failure(
+        client.GetPerson(pb.GetPersonRequest(person_id=second.person_id, known_at=registered))
+    )
+    assert not_yet.code() == grpc.StatusCode.NOT_FOUND
+    assert "was not on the record at" in not_yet.details()
+    info = details_of(not_yet)["ErrorInfo"].metadata
+    assert info["key"] == second.person_id and info["known_at"].startswith(
+        registered.ToDatetime().date().isoformat()
+    )
+    error = await failure(
+        client.GetPerson(
+            pb.GetPersonRequest(person_id=first.person_id, known_at={"seconds": -(10**12)})
+        )
+    )
+    assert violations_of(error) == [("known_at", "must be a time between the years 1 and 9999")]
+
+
 async def test_a_long_history_is_read_in_pages_as_known_at_one_moment(client):
     person = await client.RegisterPerson(registration())
     pid = person.person_id

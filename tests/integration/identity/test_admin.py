@@ -164,6 +164,15 @@ async def test_the_command_line_prints_readable_tables(
         "event",
         "facts",
     ]
+    # A reviewer may start from an identifier: whoever held it at that moment.
+    status, out = await command("history", "pnc:12/394773H")
+    assert status == 0
+    assert out.splitlines()[0] == f"PNC 2012/0394773H was held by {registered.person_id} now."
+    assert "Zoë O'Brien" in out
+    status, out = await command("history", "NOMS:A9999ZZ")
+    assert (status, out) == (1, "")
+    with pytest.raises(SystemExit):
+        parse_arguments(["history", "PNC:12/394773A"])  # wrong check letter
     status, out = await command("verify-index")
     assert status == 0 and out.count("matches") == 3
     await pool.execute(f'DELETE FROM "{schema}".search_name')  # an index gone wrong
