@@ -6,6 +6,8 @@ from libs.eventstore.audit import (
     ProjectionCheck,
     TableComparison,
     audit_store,
+    projection_as_at,
+    scratch_schema,
     verify_projection,
 )
 from libs.eventstore.database import create_pool
@@ -52,5 +54,7 @@ __all__ = [
     "create_mapper",
     "create_pool",
     "create_schema",
+    "projection_as_at",
+    "scratch_schema",
     "verify_projection",
 ]

@@ -1,14 +1,17 @@
 """Audit replay. `audit_store` proves a store is as it was recorded: positions gapless up
 to the head, recording times never going backwards, and every stream's hash chain
 intact. `verify_projection` proves a projection's view is what its events make: it
-rebuilds the view from the events beside the live one and compares them, row by row."""
+rebuilds the view from the events beside the live one and compares them, row by row.
+`projection_as_at` rebuilds a view as it stood at a past position, to query it."""
 
 from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 
@@ -19,6 +22,7 @@ from libs.eventstore.records import RecordedEvent
 from libs.eventstore.tracking import TrackingStore
 
 EXAMPLES = 3  # rows shown of each kind of difference
+P = TypeVar("P", bound=Projection)
 
 
 @dataclass
@@ -142,59 +146,99 @@ async def verify_projection(
     `build(conn, schema)` creates the view's tables in another schema and returns the
     projection writing there. In one snapshot, the live tables are copied with the
     position their projection had applied; the events up to that position are applied
-    to the new tables; then the two are compared. The scratch schema is dropped after.
-    `progress(position, target)` is called after every batch.
-
-    While it works, the verification holds a session advisory lock named after its
-    scratch schema, so a verification that was killed (its connection gone, its lock with
-    it) is told apart from one still running: the next one drops what the killed one
-    left."""
+    to the new tables; then the two are compared. The scratch schema is dropped after
+    (see `scratch_schema`). `progress(position, target)` is called after every batch."""
     upstream = upstream or store.schema
     live = quote_schema(store.schema)
-    prefix = f"{store.schema[:40]}_verify_"
-    scratch_name = f"{prefix}{secrets.token_hex(4)}"
-    scratch = quote_schema(scratch_name)
-    async with store.pool.acquire() as conn:
-        await conn.execute(f"SELECT pg_advisory_lock({SCRATCH_LOCKS}, hashtext($1))", scratch_name)
-        try:
-            await conn.execute(f"CREATE SCHEMA {scratch}")
-            try:
-                leftovers = await _drop_leftovers(conn, prefix, scratch_name)
-                projection = await build(conn, scratch_name)
-                async with conn.transaction(isolation="repeatable_read"):
-                    position = await tracking.position(projection_name, upstream, conn=conn) or 0
-                    for table in tables:
-                        await conn.execute(
-                            f"CREATE TABLE {scratch}.{_live_copy(table)} AS "
-                            f"SELECT * FROM {live}.{quote_schema(table)}"
-                        )
-                after = 0
-                while after < position:
-                    batch = await store.read_all(after, batch_size, upto=position)
-                    if not batch:
-                        break
-                    async with conn.transaction():
-                        await projection.apply(conn, batch)
-                    after = batch[-1].position
-                    if progress:
-                        progress(after, position)
-                compared = [await _compare(conn, scratch, table) for table in tables]
-            finally:
-                await conn.execute(f"DROP SCHEMA IF EXISTS {scratch} CASCADE")
-        finally:
-            await _unlock(conn, scratch_name)
+    async with scratch_schema(store) as (conn, scratch_name, leftovers):
+        scratch = quote_schema(scratch_name)
+        projection = await build(conn, scratch_name)
+        async with conn.transaction(isolation="repeatable_read"):
+            position = await tracking.position(projection_name, upstream, conn=conn) or 0
+            for table in tables:
+                await conn.execute(
+                    f"CREATE TABLE {scratch}.{_live_copy(table)} AS "
+                    f"SELECT * FROM {live}.{quote_schema(table)}"
+                )
+        await _replay(store, projection, conn, position, batch_size, progress)
+        compared = [await _compare(conn, scratch, table) for table in tables]
     return ProjectionCheck(projection_name, position, tuple(compared), leftovers)
 
 
-# The first key of the two-key advisory locks verifications hold on their scratch schemas
-# (a lock space of its own: the store's single-key locks never meet these).
+@asynccontextmanager
+async def projection_as_at(
+    store: EventStore,
+    build: Callable[[asyncpg.Connection, str], Awaitable[P]],
+    position: int,
+    *,
+    batch_size: int = 1000,
+    progress: Callable[[int, int], None] | None = None,
+) -> AsyncIterator[P]:
+    """A projection's view as it stood when the store's head was at `position`, rebuilt
+    from the events up to there in a scratch schema of its own, for the length of the
+    block: `build(conn, schema)` creates its tables there and returns the projection,
+    which the block queries. Dropped after (see `scratch_schema`)."""
+    async with scratch_schema(store) as (conn, scratch_name, _):
+        projection = await build(conn, scratch_name)
+        await _replay(store, projection, conn, position, batch_size, progress)
+        yield projection
+
+
+@asynccontextmanager
+async def scratch_schema(
+    store: EventStore,
+) -> AsyncIterator[tuple[asyncpg.Connection, str, tuple[str, ...]]]:
+    """A new, empty schema beside `store`'s for the length of the block, with a pooled
+    connection to work in and the names of the scratch schemas it dropped first.
+
+    While the block runs, the connection holds a session advisory lock named after the
+    schema, so a block whose process was killed (its connection gone, its lock with it)
+    is told apart from one still running: the next scratch schema drops what the killed
+    one left."""
+    prefix = f"{store.schema[:40]}_scratch_"
+    name = f"{prefix}{secrets.token_hex(4)}"
+    async with store.pool.acquire() as conn:
+        await conn.execute(f"SELECT pg_advisory_lock({SCRATCH_LOCKS}, hashtext($1))", name)
+        try:
+            await conn.execute(f"CREATE SCHEMA {quote_schema(name)}")
+            try:
+                yield conn, name, await _drop_leftovers(conn, prefix, name)
+            finally:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {quote_schema(name)} CASCADE")
+        finally:
+            await _unlock(conn, name)
+
+
+async def _replay(
+    store: EventStore,
+    projection: Projection,
+    conn: asyncpg.Connection,
+    position: int,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Applies the store's events up to `position` to `projection`, on `conn`."""
+    after = 0
+    while after < position:
+        batch = await store.read_all(after, batch_size, upto=position)
+        if not batch:
+            break
+        async with conn.transaction():
+            await projection.apply(conn, batch)
+        after = batch[-1].position
+        if progress:
+            progress(after, position)
+
+
+# The first key of the two-key advisory locks held on scratch schemas (a lock space of
+# its own: the store's single-key locks never meet these).
 SCRATCH_LOCKS = 0x7E21F1ED
 
 
 async def _drop_leftovers(conn: asyncpg.Connection, prefix: str, own: str) -> tuple[str, ...]:
-    """Drops the scratch schemas named `prefix` + 8 hex digits whose verification is gone:
-    no session holds their lock. `own` is this session's (its lock would be granted
-    again to the session holding it)."""
+    """Drops the scratch schemas named `prefix` + 8 hex digits whose holder is gone: no
+    session holds their lock. `own` is this session's (its lock would be granted again
+    to the session holding it)."""
     dropped = []
     for (name,) in await conn.fetch(
         "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1) ORDER BY nspname",
@@ -205,7 +249,7 @@ async def _drop_leftovers(conn: asyncpg.Connection, prefix: str, own: str) -> tu
         if not await conn.fetchval(
             f"SELECT pg_try_advisory_lock({SCRATCH_LOCKS}, hashtext($1))", name
         ):
-            continue  # a verification running now
+            continue  # in use now
         try:
             await conn.execute(f"DROP SCHEMA IF EXISTS {quote_schema(name)} CASCADE")
             dropped.append(name)

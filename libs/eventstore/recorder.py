@@ -181,6 +181,10 @@ class _Queries:
             SELECT count(*) FROM advanced
         """
         self.head_position = f"SELECT last_position FROM {s}.stored_events_head"
+        self.position_at = (
+            f"SELECT coalesce(max(notification_id), 0) FROM {s}.stored_events "
+            f"WHERE recorded_at <= $1"
+        )
         self.command_events = (
             f"SELECT notification_id, originator_id, originator_version, recorded_at, "
             f"command_digest FROM {s}.stored_events WHERE command_id = $1 "
@@ -452,6 +456,12 @@ class EventStore:
     async def head_position(self) -> int:
         """The position of the newest event, 0 when the store is empty."""
         return await self.pool.fetchval(self._q.head_position) or 0
+
+    async def position_at(self, moment: datetime) -> int:
+        """The position of the newest event recorded by `moment` (0 if none was): the
+        store as it was known then is every event up to it, since recording times never
+        decrease along positions. Reads every event's time: for audit and review."""
+        return await self.pool.fetchval(self._q.position_at, moment)
 
     async def read_all(
         self,

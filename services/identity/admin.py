@@ -15,10 +15,16 @@
         recorded by then, with when it happened, when and by whom it was recorded, and
         the person those events made. PERSON is a person id, or an identifier as
         TYPE:VALUE (NOMS:A1234AA, PNC:12/394773H): whoever held it at that moment.
+    python -m services.identity.admin search --family-name Smith --date-of-birth 1980-05-17
+            [--given-names G] [--identifier TYPE:VALUE ...] [--known-at T]
+        The candidates a search would find now or, with --known-at, would have found
+        then: the search index is rebuilt from the events recorded by then, beside the
+        live one, and dropped after. Scores use today's matching rules.
 
 DATABASE_URL names the database (`make db-url` prints the development one);
 THROUGHLINE_CIPHER_KEY the key events were encrypted with, if any. Nothing is written
-to the service's tables except by rebuild-index. Exit status: 0 when all is well, 1 when
+to the service's tables except by rebuild-index (verify-index and search --known-at
+work in a scratch schema of their own). Exit status: 0 when all is well, 1 when
 the audit finds a problem, the index differs or the person is unknown, 2 for a bad command
 line.
 """
@@ -78,7 +84,32 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         type=moment,
         help="an ISO 8601 time with its zone, e.g. 2026-11-01T09:00:00Z (default: now)",
     )
-    return parser.parse_args(argv)
+    search = commands.add_parser("search", help="what a search made at a moment would have found")
+    search.add_argument("--given-names", default="")
+    search.add_argument("--family-name", default="")
+    search.add_argument("--date-of-birth", type=date_argument, help="YYYY-MM-DD")
+    search.add_argument(
+        "--identifier",
+        type=identifier_argument,
+        action="append",
+        default=[],
+        help="TYPE:VALUE, e.g. PNC:12/394773H (may be given more than once)",
+    )
+    search.add_argument("--limit", type=int, default=10, choices=range(1, 101), metavar="1-100")
+    search.add_argument(
+        "--known-at",
+        type=moment,
+        help="search the index as it stood then, rebuilt from the events (default: now)",
+    )
+    arguments = parser.parse_args(argv)
+    if arguments.command == "search" and not (
+        arguments.given_names.strip()
+        or arguments.family_name.strip()
+        or arguments.date_of_birth
+        or arguments.identifier
+    ):
+        parser.error("search needs a name, a date of birth or an identifier")
+    return arguments
 
 
 def person_key(text: str) -> UUID | Identifier:
@@ -86,16 +117,32 @@ def person_key(text: str) -> UUID | Identifier:
         return UUID(text)
     except ValueError:
         pass
+    if ":" not in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a person id nor an identifier as TYPE:VALUE "
+            f"(types: {', '.join(t.value for t in IdentifierType)})"
+        )
+    return identifier_argument(text)
+
+
+def identifier_argument(text: str) -> Identifier:
     kind, separator, value = text.partition(":")
     if not separator:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is neither a person id nor an identifier as TYPE:VALUE "
+            f"{text!r} is not an identifier as TYPE:VALUE "
             f"(types: {', '.join(t.value for t in IdentifierType)})"
         )
     try:
         return parse_identifier(kind.strip().upper(), value)
     except InvalidIdentifier as error:
         raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
+
+
+def date_argument(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date as YYYY-MM-DD") from None
 
 
 def moment(text: str) -> datetime:
@@ -132,6 +179,8 @@ async def run(arguments: argparse.Namespace, database_url: str) -> int:
                     "searches see part of the record. Add --yes to go ahead."
                 )
             return await rebuild_index(identity)
+        if arguments.command == "search":
+            return await search(identity, arguments)
         return await history(identity, arguments.person, arguments.known_at)
     finally:
         await pool.close()
@@ -225,6 +274,48 @@ async def history(identity: Identity, person: UUID | Identifier, known_at: datet
         print(error, file=sys.stderr)
         return 1
     print(render_history(found))
+    return 0
+
+
+async def search(identity: Identity, arguments: argparse.Namespace) -> int:
+    given, family = arguments.given_names.strip(), arguments.family_name.strip()
+    criteria: dict[str, Any] = {
+        "names": [Name(given, family)] if given or family else [],
+        "date_of_birth": arguments.date_of_birth,
+        "identifiers": arguments.identifier,
+        "limit": arguments.limit,
+    }
+    application = identity.application
+    if arguments.known_at is None:
+        found = await application.search_people(**criteria)
+        print("Searched the live index (now):")
+    else:
+        position, found = await application.search_people_as_known_at(
+            arguments.known_at, progress=Progress("events applied"), **criteria
+        )
+        print(
+            f"Searched the index as it stood at {utc(arguments.known_at)} UTC: rebuilt "
+            f"from the events up to position {position:,}, the last recorded by then, "
+            f"and scored by today's matching rules."
+        )
+    if not found:
+        print("No candidates.")
+        return 0
+    print(
+        table(
+            ["person", "name", "date of birth", "score", "why"],
+            [
+                [
+                    c.person_id,
+                    f"{c.given_names} {c.family_name}",
+                    c.date_of_birth.isoformat(),
+                    f"{c.match.score:.2f}",
+                    "; ".join(c.match.reasons),
+                ]
+                for c in found
+            ],
+        )
+    )
     return 0
 
 

@@ -99,6 +99,16 @@ _ENVELOPE = frozenset(
 )
 
 
+def _search_profile(
+    names: list[Name], date_of_birth: date | None, identifiers: list[Identifier]
+) -> Profile:
+    return Profile(
+        names=[NameKey.of(n.given_names, n.family_name) for n in names],
+        date_of_birth=date_of_birth,
+        identifiers=set(identifiers),
+    )
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -547,12 +557,29 @@ class IdentityApplication:
         min_position: int = 0,
     ) -> list[Candidate]:
         await self.wait_for_index(min_position)
-        query = Profile(
-            names=[NameKey.of(n.given_names, n.family_name) for n in names],
-            date_of_birth=date_of_birth,
-            identifiers=set(identifiers),
-        )
+        query = _search_profile(names, date_of_birth, identifiers)
         return await self.search_index.search(query, limit=limit)
+
+    async def search_people_as_known_at(
+        self,
+        known_at: datetime,
+        *,
+        names: list[Name],
+        date_of_birth: date | None,
+        identifiers: list[Identifier],
+        limit: int = 10,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[int, list[Candidate]]:
+        """What a search made at `known_at` would have found: the search index is rebuilt
+        from the events recorded by then, beside the live one, and searched. Returns the
+        position it was rebuilt to and the candidates (scored by today's rules). Reads
+        every event up to then: for serious case reviews, not for serving."""
+        position = await self.store.position_at(known_at)
+        query = _search_profile(names, date_of_birth, identifiers)
+        found = await self.search_index.search_as_at(
+            self.store, position, query, limit=limit, progress=progress
+        )
+        return position, found
 
     async def list_possible_duplicates(
         self,

@@ -18,6 +18,7 @@ from libs.eventstore import (
     RecordedEvent,
     Repository,
     TrackingStore,
+    projection_as_at,
     verify_projection,
 )
 from libs.eventstore.recorder import quote_schema
@@ -285,12 +286,30 @@ class SearchIndex:
     ) -> ProjectionCheck:
         """Rebuilds this index from `store`'s events beside the live one and compares
         them (see `verify_projection`); the live index keeps serving meanwhile."""
+        return await verify_projection(
+            store, tracking, self.name, TABLES, self._beside, progress=progress
+        )
 
-        async def build(conn: asyncpg.Connection, schema: str) -> SearchIndex:
-            await create_search_index(conn, schema)
-            return SearchIndex(self.pool, schema, self.mapper, self.repository)
+    async def search_as_at(
+        self,
+        store: EventStore,
+        position: int,
+        query: Profile,
+        *,
+        limit: int = 10,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Candidate]:
+        """Searches the index as it stood when `store`'s head was at `position`: rebuilt
+        from the events up to there beside the live one, which keeps serving, and dropped
+        after (see `projection_as_at`). Candidates are found and scored by today's
+        matching rules."""
+        async with projection_as_at(store, self._beside, position, progress=progress) as index:
+            return await index.search(query, limit=limit)
 
-        return await verify_projection(store, tracking, self.name, TABLES, build, progress=progress)
+    async def _beside(self, conn: asyncpg.Connection, schema: str) -> SearchIndex:
+        """An empty index in `schema`, beside this one."""
+        await create_search_index(conn, schema)
+        return SearchIndex(self.pool, schema, self.mapper, self.repository)
 
     # ------------------------------------------------------------------- queries
 

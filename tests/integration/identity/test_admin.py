@@ -97,12 +97,75 @@ async def test_the_search_index_is_proved_against_one_rebuilt_from_events(identi
     assert str(first.person_id) in differing[0].only_live_examples[0]
 
 
+async def test_a_search_is_answered_as_it_would_have_been_at_a_past_moment(
+    identity, pool, capsys, test_database_url
+):
+    """Would a search on the day have found the person already on the record? The index
+    is rebuilt from the events recorded by then, searched, and dropped."""
+    app = identity.application
+    first = await app.register_person(
+        uuid4(), Name("Ann", "Example"), date(1980, 5, 17), Sex.FEMALE, [], []
+    )
+    (registered,) = (await app.person_history(first.person_id)).entries
+    await app.change_name(uuid4(), first.person_id, Name("Ann", "Wed"), "marriage")
+    later = await app.register_person(
+        uuid4(), Name("Anne", "Example"), date(1980, 5, 17), Sex.FEMALE, [], []
+    )
+    await app.wait_for_index(later.position)
+    criteria = {"names": [Name("Anne", "Example")], "date_of_birth": date(1980, 5, 17)}
+
+    position, then = await app.search_people_as_known_at(
+        registered.recorded_at, identifiers=[], **criteria
+    )
+    assert position == registered.position
+    before = registered.recorded_at - timedelta(microseconds=1)
+    assert await identity.store.position_at(before) == registered.position - 1
+    assert [(c.person_id, c.family_name) for c in then] == [(first.person_id, "Example")]
+    now = await app.search_people(identifiers=[], **criteria)
+    assert [(c.person_id, c.family_name) for c in now] == [
+        (later.person_id, "Example"),
+        (first.person_id, "Wed"),
+    ]
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM pg_namespace WHERE starts_with(nspname, $1)",
+            f"{identity.store.schema[:40]}_scratch_",
+        )
+        == 0
+    )
+
+    status = await run(
+        parse_arguments(
+            [
+                "--schema",
+                identity.store.schema,
+                "search",
+                "--given-names",
+                "Anne",
+                "--family-name",
+                "Example",
+                "--date-of-birth",
+                "1980-05-17",
+                "--known-at",
+                registered.recorded_at.isoformat(),
+            ]
+        ),
+        test_database_url,
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    assert f"up to position {registered.position}, the last recorded by then" in out
+    assert str(first.person_id) in out and str(later.person_id) not in out
+    with pytest.raises(SystemExit):
+        parse_arguments(["search", "--known-at", "2026-11-01T09:00:00Z"])  # no criteria
+
+
 async def test_a_verification_that_was_killed_leaves_nothing_behind_for_long(identity, pool):
     """A verification stopped before it drops its scratch schema (the process killed) is
     tidied by the next; one still running is left alone."""
     schema = identity.store.schema
-    killed, running = f"{schema[:40]}_verify_0badc0de", f"{schema[:40]}_verify_0c0ffee0"
-    unrelated = f"{schema[:40]}_verify_notmine"
+    killed, running = f"{schema[:40]}_scratch_0badc0de", f"{schema[:40]}_scratch_0c0ffee0"
+    unrelated = f"{schema[:40]}_scratch_notmine"
     for name in (killed, running, unrelated):
         await pool.execute(f'CREATE SCHEMA "{name}"')
     holder = await pool.acquire()  # the running verification's session
@@ -114,7 +177,7 @@ async def test_a_verification_that_was_killed_leaves_nothing_behind_for_long(ide
             name
             for (name,) in await pool.fetch(
                 "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1)",
-                f"{schema[:40]}_verify_",
+                f"{schema[:40]}_scratch_",
             )
         }
         # Its own scratch schema is gone too; the running one and one not of this
