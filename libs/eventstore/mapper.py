@@ -78,7 +78,7 @@ async def check_readable(store: EventStore, mapper: Mapper) -> None:
             except Exception as error:
                 raise UnreadableStoreError(
                     f"cannot read event {recorded.position} of store {store.schema!r} "
-                    f"({type(error).__name__}: {error}). Its events were written with "
-                    f"another cipher key, or none: set {CIPHER_KEY_VARIABLE} to the key "
+                    f"({type(error).__name__}: {error}). If its events were written with "
+                    f"another cipher key, or none, set {CIPHER_KEY_VARIABLE} to the key "
                     f"they were written with (unset it if they were written with none)"
                 ) from error
