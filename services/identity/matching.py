@@ -171,11 +171,14 @@ def _name_evidence(query: NameKey, candidate: NameKey) -> tuple[float, str]:
         and min(swapped_family, swapped_given) >= 0.9
     ):
         return swapped, "given and family names swapped"
-    parts = []
-    parts.append(
-        "family name exact" if family >= 0.999 else f"family name Jaro-Winkler {family:.2f}"
-    )
-    if given >= 0.999:
+    parts = []  # only the parts the query gave: the others were not compared
+    if query.family:
+        parts.append(
+            "family name exact" if family >= 0.999 else f"family name Jaro-Winkler {family:.2f}"
+        )
+    if not query.given:
+        pass
+    elif given >= 0.999:
         parts.append("given name exact")
     elif given < 0.9 and slips == 1:
         parts.append(f"given name one typing slip (Jaro-Winkler {given:.2f})")

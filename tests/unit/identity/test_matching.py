@@ -43,6 +43,14 @@ def test_one_error_still_matches_and_says_why(query, reason):
     assert any(reason in r for r in match.reasons), match.reasons
 
 
+def test_a_part_of_the_name_not_searched_for_is_not_given_as_a_reason():
+    candidate = profile("Martha", "Kowalski")
+    family_only = score(profile("", "Kowalski"), candidate)
+    assert family_only.reasons == ("family name exact", "date of birth exact")
+    given_only = score(profile("Marta", ""), candidate)
+    assert given_only.reasons == ("given name Jaro-Winkler 0.97", "date of birth exact")
+
+
 def test_twins_score_well_below_the_threshold():
     for other in ("Maria", "Beatrice", "Agnieszka"):
         assert score(profile(other, "Kowalski"), profile("Martha", "Kowalski")).score < 0.4
