@@ -421,3 +421,52 @@ async def test_the_service_will_not_start_with_a_cipher_key_its_events_were_not_
     with pytest.raises(UnreadableStoreError):
         await bootstrap(pool, schema=plain, cipher_key=key)
     assert person.position == 2  # started again with the right key, it wrote on
+
+
+async def test_merges_racing_over_the_same_people_leave_every_identifier_with_one_holder(
+    identity,
+):
+    """A into B and B into C at once, and A into B against B into A: whichever order the
+    store puts them in, no identifier is lost, held twice, or held by a redirect."""
+    app = identity.application
+    outcomes = set()
+    for trial in range(8):
+        ids = [parse_identifier("NOMS", f"A{trial:04d}{suffix}") for suffix in ("AA", "BB", "CC")]
+        a, b, c = [await register(app, given=f"P{trial}{n}", ids=[i]) for n, i in enumerate(ids)]
+        merges = [
+            app.merge_people(uuid4(), b.person_id, a.person_id, "same"),
+            app.merge_people(uuid4(), c.person_id, b.person_id, "same"),
+        ]
+        # The store takes whichever append reaches its writer first: alternate.
+        chain = await asyncio.gather(*merges[:: 1 if trial % 2 else -1], return_exceptions=True)
+        refused = [o for o in chain if isinstance(o, Exception)]
+        outcomes.add(len(refused))
+        # Either both happened (A into B first) or B into C went first and A into B, its
+        # survivor now a redirect, was refused.
+        assert all(getattr(o, "rule", None) == "survivor_merged" for o in refused), refused
+        assert len(refused) <= 1
+        holders = {i: (await app.get_person_by_identifier(i)).person for i in ids}
+        assert {p.id for p in holders.values()} == (
+            {c.person_id} if not refused else {a.person_id, c.person_id}
+        )
+        for identifier, holder in holders.items():
+            assert identifier in holder.identifiers and holder.merged_into is None
+
+        d, e = [
+            await register(
+                app, given=f"Q{trial}{n}", ids=[parse_identifier("CRN", f"X{trial}0000{n}")]
+            )
+            for n in range(2)
+        ]
+        circle = await asyncio.gather(
+            app.merge_people(uuid4(), d.person_id, e.person_id, "same"),
+            app.merge_people(uuid4(), e.person_id, d.person_id, "same"),
+            return_exceptions=True,
+        )
+        assert sum(isinstance(o, Exception) for o in circle) == 1, circle
+        survivors = {(await app.get_person(p.person_id)).person.id for p in (d, e)}
+        assert len(survivors) == 1
+        (survivor,) = survivors
+        kept = (await app.get_person(survivor)).person
+        assert len(kept.identifiers) == 2 and kept.merged_into is None
+    assert outcomes == {0, 1}  # both orders happened
