@@ -470,3 +470,32 @@ async def test_merges_racing_over_the_same_people_leave_every_identifier_with_on
         kept = (await app.get_person(survivor)).person
         assert len(kept.identifiers) == 2 and kept.merged_into is None
     assert outcomes == {0, 1}  # both orders happened
+
+
+async def test_an_identifier_recorded_during_a_merge_ends_with_the_survivor_or_is_refused(
+    identity,
+):
+    app = identity.application
+    outcomes = set()
+    for trial in range(6):
+        duplicate = await register(app, given=f"D{trial}")
+        survivor = await register(app, given=f"S{trial}")
+        late = parse_identifier("CRN", f"Y{trial}00000")
+        calls = [
+            app.merge_people(uuid4(), survivor.person_id, duplicate.person_id, "same"),
+            app.record_identifier(uuid4(), duplicate.person_id, late),
+        ]
+        results = await asyncio.gather(*calls[:: 1 if trial % 2 else -1], return_exceptions=True)
+        refused = [r for r in results if isinstance(r, Exception)]
+        # Merged first: recording on the redirect is refused. Recorded first: the merge
+        # takes the new identifier along.
+        assert all(getattr(r, "rule", None) == "person_merged" for r in refused), refused
+        outcomes.add(len(refused))
+        if refused:
+            with pytest.raises(NotFoundError):
+                await app.get_person_by_identifier(late)
+        else:
+            holder = (await app.get_person_by_identifier(late)).person
+            assert holder.id == survivor.person_id and late in holder.identifiers
+        assert (await app.get_person(duplicate.person_id)).redirected_from == duplicate.person_id
+    assert outcomes == {0, 1}
