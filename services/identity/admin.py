@@ -1,5 +1,8 @@
 """Operators' tools for the identity store: audit replay and serious case review.
 
+    python -m services.identity.admin status
+        Where the store and the search index have got to, and how many people, merged
+        records and identifiers the index holds.
     python -m services.identity.admin audit
         Checks every event: positions gapless up to the head, recording times in order,
         every stream's hash chain intact.
@@ -69,6 +72,7 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--schema", default=SCHEMA, help="the service's schema (identity)")
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("status", help="the store's head, the index's position and counts")
     commands.add_parser("audit", help="check positions, recording times and hash chains")
     commands.add_parser("verify-index", help="rebuild the search index and compare")
     rebuild = commands.add_parser("rebuild-index", help="empty the search index and refill it")
@@ -170,6 +174,8 @@ async def run(arguments: argparse.Namespace, database_url: str) -> int:
             await check_readable(identity.store, identity.mapper)
         except UnreadableStoreError as error:
             raise UsageError(str(error)) from None
+        if arguments.command == "status":
+            return await status(identity)
         if arguments.command == "verify-index":
             return await verify_index(identity)
         if arguments.command == "rebuild-index":
@@ -207,6 +213,31 @@ async def audit(identity: Identity) -> int:
         print()
         print(table(["problem"], [[problem] for problem in report.problems]))
     return 0 if report.intact else 1
+
+
+async def status(identity: Identity) -> int:
+    found = await identity.application.status()
+    newest = found.newest_recorded_at
+    behind = found.index_behind
+    print(
+        table(
+            ["", "value"],
+            [
+                ["store", identity.store.schema],
+                ["newest event", f"position {found.head_position:,}"],
+                ["newest event recorded (UTC)", utc(newest) if newest else "none yet"],
+                [
+                    "search index",
+                    f"position {found.index_position:,} "
+                    + ("(up to date)" if behind == 0 else f"({behind:,} events behind)"),
+                ],
+                ["people", f"{found.index.active_people:,}"],
+                ["merged records (redirects)", f"{found.index.merged_people:,}"],
+                ["identifiers held", f"{found.index.identifiers:,}"],
+            ],
+        )
+    )
+    return 0
 
 
 async def verify_index(identity: Identity) -> int:

@@ -42,7 +42,12 @@ from services.identity.domain import (
 )
 from services.identity.identifiers import Identifier
 from services.identity.matching import DEFAULT_THRESHOLD, NameKey, Profile
-from services.identity.search_index import PROJECTION_NAME, Candidate, SearchIndex
+from services.identity.search_index import (
+    PROJECTION_NAME,
+    Candidate,
+    IndexCounts,
+    SearchIndex,
+)
 
 MAX_ATTEMPTS = 5
 
@@ -91,6 +96,18 @@ class PersonHistory:
     person: Person | None
     later: int
     next_after_version: int = 0
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    head_position: int
+    newest_recorded_at: datetime | None
+    index_position: int  # the store position the search index has applied up to
+    index: IndexCounts
+
+    @property
+    def index_behind(self) -> int:
+        return self.head_position - self.index_position
 
 
 # What every event carries, shown in the history's own columns rather than as facts.
@@ -523,6 +540,17 @@ class IdentityApplication:
             person,
             len(recorded) - len(known),
             next_after_version=page[-1][0].originator_version if more else 0,
+        )
+
+    async def status(self) -> ServiceStatus:
+        """Where the store and the search index have got to, and what the index holds."""
+        head = await self.store.head_position()
+        newest = await self.store.read_all(head - 1, 1) if head else []
+        return ServiceStatus(
+            head_position=head,
+            newest_recorded_at=newest[0].recorded_at if newest else None,
+            index_position=await self.tracking.position(PROJECTION_NAME, self.store.schema) or 0,
+            index=await self.search_index.counts(),
         )
 
     async def verify_search_index(

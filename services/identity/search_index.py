@@ -56,6 +56,13 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class IndexCounts:
+    active_people: int
+    merged_people: int
+    identifiers: int
+
+
+@dataclass(frozen=True)
 class Indexed:
     """What the index keeps of a person."""
 
@@ -160,6 +167,11 @@ class SearchIndex:
                 sex = excluded.sex, status = excluded.status,
                 merged_into = excluded.merged_into, not_duplicates = excluded.not_duplicates,
                 version = excluded.version
+        """
+        self._counts = f"""
+            SELECT (SELECT count(*) FILTER (WHERE status = 'ACTIVE') FROM {s}.search_person),
+                   (SELECT count(*) FILTER (WHERE status = 'MERGED') FROM {s}.search_person),
+                   (SELECT count(*) FROM {s}.search_identifier)
         """
         self._delete_names = f"DELETE FROM {s}.search_name WHERE person_id = ANY($1::uuid[])"
         self._insert_names = f"""
@@ -349,6 +361,10 @@ class SearchIndex:
             dobs,
             given_phonetics,
         )
+
+    async def counts(self) -> IndexCounts:
+        """How many people the index holds, active and merged, and identifiers held."""
+        return IndexCounts(*await self.pool.fetchrow(self._counts))
 
     async def profile_of(self, person_id: UUID) -> tuple[Profile, set[UUID]] | None:
         """The indexed profile of a person and the people marked as not them."""

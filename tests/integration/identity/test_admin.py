@@ -15,8 +15,10 @@ from eventsourcing.cryptography import AESCipher
 from libs.domain.errors import NotFoundError
 from libs.eventstore.audit import SCRATCH_LOCKS
 from services.identity.admin import UsageError, parse_arguments, render_history, run
+from services.identity.bootstrap import bootstrap
 from services.identity.domain import Name, Sex, Status
 from services.identity.identifiers import parse_identifier
+from tests.conftest import new_schema_name
 
 PNC = parse_identifier("PNC", "12/394773H")
 
@@ -213,6 +215,13 @@ async def test_the_command_line_prints_readable_tables(
         status = await run(parse_arguments(["--schema", schema, *argv]), test_database_url)
         return status, capsys.readouterr().out
 
+    status, out = await command("status")
+    assert status == 0
+    rows = {line[:28].strip(): line[28:].strip() for line in out.splitlines()[2:]}
+    assert rows["search index"] == f"position {registered.position:,} (up to date)"
+    assert rows["people"] == "1" and rows["identifiers held"] == "1"
+    assert rows["merged records (redirects)"] == "0"
+
     status, out = await command("history", str(registered.person_id))
     assert status == 0
     assert "Registered" in out and "PNC 2012/0394773H" in out and "Zoë O'Brien" in out
@@ -279,3 +288,19 @@ def test_the_command_line_refuses_a_missing_store_and_a_time_without_a_zone(
     assert "no identity store in schema 'no_such_store'" in missing.stderr
     naive = admin("history", str(uuid4()), "--known-at", "2026-11-01T09:00:00")
     assert naive.returncode == 2 and "has no time zone" in naive.stderr
+
+
+async def test_status_says_how_far_the_search_index_is_behind(pool):
+    identity = await bootstrap(pool, schema=new_schema_name("status"), cipher_key="")
+    try:  # the index is not started: it falls behind
+        empty = await identity.application.status()
+        assert (empty.head_position, empty.newest_recorded_at, empty.index_behind) == (0, None, 0)
+        await identity.application.register_person(
+            uuid4(), Name("Ann", "Example"), date(1980, 5, 17), Sex.FEMALE, [PNC], []
+        )
+        found = await identity.application.status()
+        assert found.head_position == 2 and found.index_behind == 2
+        assert found.newest_recorded_at is not None
+        assert (found.index.active_people, found.index.identifiers) == (0, 0)
+    finally:
+        await identity.close()
