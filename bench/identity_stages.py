@@ -86,6 +86,7 @@ async def run(dsn: str) -> dict[str, tuple[Load, Load]]:
         Repository(events, create_mapper(cipher_key="")),  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
+        access_log=None,  # type: ignore[arg-type]  # RegisterPerson shows no one's details
     )
     results["application"] = await measure(
         "application", identity_server(in_memory, verifier, translate), token, 20_000_000

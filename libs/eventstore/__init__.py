@@ -1,6 +1,7 @@
 """An async event store on asyncpg, table-compatible with the eventsourcing library's
 PostgreSQL recorders."""
 
+from libs.eventstore.access_log import Access, AccessLog, create_access_log
 from libs.eventstore.audit import (
     AuditReport,
     ProjectionCheck,
@@ -29,6 +30,8 @@ from libs.eventstore.tracking import TrackingConflictError, TrackingStore
 
 __all__ = [
     "UNSET",
+    "Access",
+    "AccessLog",
     "AppendResult",
     "AuditReport",
     "CommandReusedError",
@@ -51,6 +54,7 @@ __all__ = [
     "audit_store",
     "check_readable",
     "command_digest",
+    "create_access_log",
     "create_mapper",
     "create_pool",
     "create_schema",

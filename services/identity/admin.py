@@ -3,6 +3,11 @@
     python -m services.identity.admin status
         Where the store and the search index have got to, and how many people, merged
         records and identifiers the index holds.
+    python -m services.identity.admin access-log PERSON [--since 2026-11-01T00:00:00Z]
+        Who consulted the person's record, and when: each lookup, history, search and
+        duplicate check that showed the person's details or asked for them (PERSON a
+        person id), or that asked for an identifier (PERSON as TYPE:VALUE), with what
+        was asked and whose details the answer showed.
     python -m services.identity.admin audit
         Checks every event: positions gapless up to the head, recording times in order,
         every stream's hash chain intact.
@@ -36,7 +41,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import os
+import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -49,6 +56,7 @@ import asyncpg
 from libs.console import Progress, table
 from libs.domain.errors import NotFoundError
 from libs.eventstore import UnreadableStoreError, audit_store, check_readable, create_pool
+from libs.eventstore.context import Actor, current_actor, current_trace_id
 from libs.eventstore.recorder import quote_schema
 from services.identity.application import PersonHistory
 from services.identity.bootstrap import SCHEMA, Identity, connect
@@ -74,6 +82,11 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("status", help="the store's head, the index's position and counts")
     commands.add_parser("audit", help="check positions, recording times and hash chains")
+    access = commands.add_parser("access-log", help="who consulted a person's record, and when")
+    access.add_argument(
+        "person", type=person_key, help="a person id, or an identifier as TYPE:VALUE"
+    )
+    access.add_argument("--since", type=moment, help="an ISO 8601 time with its zone")
     commands.add_parser("verify-index", help="rebuild the search index and compare")
     rebuild = commands.add_parser("rebuild-index", help="empty the search index and refill it")
     rebuild.add_argument(
@@ -162,6 +175,10 @@ def moment(text: str) -> datetime:
 
 
 async def run(arguments: argparse.Namespace, database_url: str) -> int:
+    # What an operator looks at is logged like any other consultation, under their login
+    # and one trace id for the run.
+    current_actor.set(Actor(f"operator:{getpass.getuser()}"))
+    current_trace_id.set(secrets.token_hex(16))
     pool = await create_pool(database_url, min_size=1, max_size=4)
     try:
         stored = f"{quote_schema(arguments.schema)}.stored_events"
@@ -176,6 +193,8 @@ async def run(arguments: argparse.Namespace, database_url: str) -> int:
             raise UsageError(str(error)) from None
         if arguments.command == "status":
             return await status(identity)
+        if arguments.command == "access-log":
+            return await access_log(identity, arguments.person, arguments.since)
         if arguments.command == "verify-index":
             return await verify_index(identity)
         if arguments.command == "rebuild-index":
@@ -234,6 +253,35 @@ async def status(identity: Identity) -> int:
                 ["people", f"{found.index.active_people:,}"],
                 ["merged records (redirects)", f"{found.index.merged_people:,}"],
                 ["identifiers held", f"{found.index.identifiers:,}"],
+            ],
+        )
+    )
+    return 0
+
+
+async def access_log(identity: Identity, person: UUID | Identifier, since: datetime | None) -> int:
+    log = identity.application.access_log
+    if isinstance(person, Identifier):
+        found = await log.of_identifier(str(person), since=since)
+    else:
+        found = await log.of_person(person, since=since)
+    print(f"Consultations of {person}" + (f" since {utc(since)} UTC" if since else "") + ":")
+    if not found:
+        print("None recorded.")
+        return 0
+    print(
+        table(
+            ["at (UTC)", "by", "action", "asked", "shown", "trace id"],
+            [
+                [
+                    utc(a.at),
+                    a.actor,
+                    a.action,
+                    describe(a.asked),
+                    ", ".join(map(str, a.disclosed)) or "nobody",
+                    a.trace_id,
+                ]
+                for a in found
             ],
         )
     )

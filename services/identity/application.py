@@ -5,10 +5,10 @@ writer reloads and decides again."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, project_aggregate
@@ -22,6 +22,7 @@ from libs.domain.errors import (
     RuleViolatedError,
 )
 from libs.eventstore import (
+    AccessLog,
     AppendResult,
     ConcurrencyError,
     EventStore,
@@ -50,6 +51,9 @@ from services.identity.search_index import (
 )
 
 MAX_ATTEMPTS = 5
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,24 @@ def _search_profile(
     )
 
 
+def _shown_in_view(view: PersonView) -> list[UUID]:
+    return [view.person.id, *([view.redirected_from] if view.redirected_from else [])]
+
+
+def _shown_in_candidates(candidates: list[Candidate]) -> list[UUID]:
+    return [c.person_id for c in candidates]
+
+
+def _search_asked(
+    names: list[Name], date_of_birth: date | None, identifiers: list[Identifier]
+) -> dict[str, Any]:
+    return {
+        "names": [n.as_dict() for n in names] or None,
+        "date_of_birth": date_of_birth,
+        "identifiers": [str(i) for i in identifiers] or None,
+    }
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -147,12 +169,14 @@ class IdentityApplication:
         search_index: SearchIndex,
         tracking: TrackingStore,
         *,
+        access_log: AccessLog,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
         self.repository = repository
         self.search_index = search_index
         self.tracking = tracking
+        self.access_log = access_log
         self.clock = clock
 
     # ------------------------------------------------------------------ plumbing
@@ -196,6 +220,23 @@ class IdentityApplication:
         # The person is the stream of the command's first event: handlers save it first.
         (first,) = await self.store.read_all(result.positions[0] - 1, 1)
         return Written(first.originator_id, result.last_position, duplicate=True)
+
+    async def _consulted(
+        self,
+        action: str,
+        asked: dict[str, Any],
+        answer: Awaitable[T],
+        shown: Callable[[T], Iterable[UUID]],
+    ) -> T:
+        """`answer`, once the access log holds who asked for what and whose details it
+        shows (nobody's, when nothing was found)."""
+        try:
+            result = await answer
+        except NotFoundError:
+            await self.access_log.record(action, asked, ())
+            raise
+        await self.access_log.record(action, asked, shown(result))
+        return result
 
     async def _person(self, person_id: UUID, known_at: datetime | None = None) -> Person:
         try:
@@ -465,6 +506,14 @@ class IdentityApplication:
     async def get_person(self, person_id: UUID, *, known_at: datetime | None = None) -> PersonView:
         """The person, following merge redirects to the survivor; with `known_at`, as the
         record stood then (from the events recorded by then, merges included)."""
+        return await self._consulted(
+            "get_person",
+            {"person_id": person_id, "known_at": known_at},
+            self._view(person_id, known_at),
+            _shown_in_view,
+        )
+
+    async def _view(self, person_id: UUID, known_at: datetime | None) -> PersonView:
         person = await self._person(person_id, known_at)
         redirected_from = None
         hops = 0
@@ -480,13 +529,28 @@ class IdentityApplication:
         self, identifier: Identifier, *, known_at: datetime | None = None
     ) -> PersonView:
         """Whoever held `identifier` (now, or as the record stood at `known_at`)."""
-        return await self.get_person(
-            await self.holder_of(identifier, known_at=known_at), known_at=known_at
+
+        async def view() -> PersonView:
+            return await self._view(await self._holder(identifier, known_at), known_at)
+
+        return await self._consulted(
+            "get_person",
+            {"identifier": str(identifier), "known_at": known_at},
+            view(),
+            _shown_in_view,
         )
 
     async def holder_of(self, identifier: Identifier, *, known_at: datetime | None = None) -> UUID:
         """The id of the person who held `identifier` (now, or at `known_at`), as the
         claim recorded it: a merge moves the claim to the survivor."""
+        return await self._consulted(
+            "holder_of",
+            {"identifier": str(identifier), "known_at": known_at},
+            self._holder(identifier, known_at),
+            lambda holder: [holder],
+        )
+
+    async def _holder(self, identifier: Identifier, known_at: datetime | None) -> UUID:
         claim = await self._claim(identifier, known_at)
         if claim is None or claim.holder is None:
             raise NotFoundError("identifier", str(identifier), known_at=known_at)
@@ -507,6 +571,21 @@ class IdentityApplication:
 
         With `after_version` and `limit`, only that page of the events is listed; the
         person is still the one all the events known then made."""
+        return await self._consulted(
+            "get_person_history",
+            {
+                "person_id": person_id,
+                "known_at": known_at,
+                "after_version": after_version or None,
+                "limit": limit,
+            },
+            self._history(person_id, known_at, after_version, limit),
+            lambda history: [history.person_id] if history.person is not None else [],
+        )
+
+    async def _history(
+        self, person_id: UUID, known_at: datetime | None, after_version: int, limit: int | None
+    ) -> PersonHistory:
         recorded = await self.store.read_stream(person_id)
         if not recorded or not recorded[0].topic.startswith(Person.__module__ + ":Person."):
             raise NotFoundError("person", str(person_id))
@@ -586,7 +665,12 @@ class IdentityApplication:
     ) -> list[Candidate]:
         await self.wait_for_index(min_position)
         query = _search_profile(names, date_of_birth, identifiers)
-        return await self.search_index.search(query, limit=limit)
+        return await self._consulted(
+            "search_people",
+            _search_asked(names, date_of_birth, identifiers),
+            self.search_index.search(query, limit=limit),
+            _shown_in_candidates,
+        )
 
     async def search_people_as_known_at(
         self,
@@ -604,8 +688,13 @@ class IdentityApplication:
         every event up to then: for serious case reviews, not for serving."""
         position = await self.store.position_at(known_at)
         query = _search_profile(names, date_of_birth, identifiers)
-        found = await self.search_index.search_as_at(
-            self.store, position, query, limit=limit, progress=progress
+        found = await self._consulted(
+            "search_people",
+            {**_search_asked(names, date_of_birth, identifiers), "known_at": known_at},
+            self.search_index.search_as_at(
+                self.store, position, query, limit=limit, progress=progress
+            ),
+            _shown_in_candidates,
         )
         return position, found
 
@@ -618,16 +707,28 @@ class IdentityApplication:
         min_position: int = 0,
     ) -> list[Candidate]:
         await self.wait_for_index(min_position)
-        view = await self.get_person(person_id)
-        found = await self.search_index.profile_of(view.person.id)
-        if found is None:
-            raise NotFoundError("person", f"{person_id} (not yet in the search index)")
-        profile, not_duplicates = found
-        candidates = await self.search_index.search(profile, limit=limit + len(not_duplicates) + 1)
-        return [
-            c
-            for c in candidates
-            if c.person_id != view.person.id
-            and c.person_id not in not_duplicates
-            and c.match.score >= threshold
-        ][:limit]
+
+        async def duplicates() -> tuple[PersonView, list[Candidate]]:
+            view = await self._view(person_id, None)
+            found = await self.search_index.profile_of(view.person.id)
+            if found is None:
+                raise NotFoundError("person", f"{person_id} (not yet in the search index)")
+            profile, not_duplicates = found
+            candidates = await self.search_index.search(
+                profile, limit=limit + len(not_duplicates) + 1
+            )
+            return view, [
+                c
+                for c in candidates
+                if c.person_id != view.person.id
+                and c.person_id not in not_duplicates
+                and c.match.score >= threshold
+            ][:limit]
+
+        _, candidates = await self._consulted(
+            "list_possible_duplicates",
+            {"person_id": person_id, "threshold": threshold},
+            duplicates(),
+            lambda found: [*_shown_in_view(found[0]), *_shown_in_candidates(found[1])],
+        )
+        return candidates

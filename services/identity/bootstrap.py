@@ -11,11 +11,13 @@ import asyncpg
 from eventsourcing.persistence import Mapper
 
 from libs.eventstore import (
+    AccessLog,
     EventStore,
     ProjectionRunner,
     Repository,
     TrackingStore,
     check_readable,
+    create_access_log,
     create_mapper,
     create_schema,
 )
@@ -59,6 +61,7 @@ async def bootstrap(
     async with pool.acquire() as conn:
         await create_schema(conn, schema)
         await create_search_index(conn, schema)
+        await create_access_log(conn, schema)
     identity = connect(pool, schema=schema, cipher_key=cipher_key)
     await check_readable(identity.store, identity.mapper)
     return identity
@@ -73,7 +76,9 @@ def connect(pool: asyncpg.Pool, *, schema: str = SCHEMA, cipher_key: str | None 
     repository = Repository(store, mapper, snapshots=False)
     tracking = TrackingStore(pool, schema)
     index = SearchIndex(pool, schema, mapper, repository)
-    application = IdentityApplication(store, repository, index, tracking)
+    application = IdentityApplication(
+        store, repository, index, tracking, access_log=AccessLog(pool, schema)
+    )
     projection = ProjectionRunner(
         index, store, tracking, upstream=schema, batch_interval=BATCH_INTERVAL
     )

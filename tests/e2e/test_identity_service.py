@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import grpc
 import pytest
@@ -37,7 +37,9 @@ async def identity_service(pool, roles=("identity.write", "identity.merge", "fee
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     token = verifier.mint("clerk:ann", roles)
     try:
-        yield Client(identity_pb2_grpc.IdentityServiceStub(channel), channel, token, verifier)
+        yield Client(
+            identity_pb2_grpc.IdentityServiceStub(channel), channel, token, verifier, identity
+        )
     finally:
         await channel.close()
         await server.stop(0)
@@ -51,11 +53,12 @@ async def client(pool):
 
 
 class Client:
-    def __init__(self, stub, channel, token, verifier):
+    def __init__(self, stub, channel, token, verifier, identity):
         self.stub = stub
         self.channel = channel
         self.metadata = (("authorization", f"Bearer {token}"),)
         self.verifier = verifier
+        self.identity = identity  # the service behind it, to check what it recorded
 
     def __getattr__(self, method):
         rpc = getattr(self.stub, method)
@@ -581,11 +584,20 @@ async def test_a_record_as_known_at_a_past_moment_for_a_serious_case_review(clie
     )
     assert error.code() == grpc.StatusCode.NOT_FOUND
     reader = client.verifier.mint("reviewer:sam", ["identity.read"])
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     allowed = await client.GetPersonHistory(
         pb.GetPersonHistoryRequest(person_id=pid),
-        metadata=(("authorization", f"Bearer {reader}"),),
+        metadata=(("authorization", f"Bearer {reader}"), ("traceparent", parent)),
     )
     assert len(allowed.events) == 3
+    # The reviewer's reading is in the access log under their token's subject and trace.
+    logged = await client.identity.application.access_log.of_person(UUID(pid))
+    assert (logged[-1].actor, logged[-1].action, logged[-1].disclosed) == (
+        "reviewer:sam",
+        "get_person_history",
+        (UUID(pid),),
+    )
+    assert logged[-1].trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
 
     duplicate = await client.RegisterPerson(registration(given="Anne"))
     await client.MergePeople(

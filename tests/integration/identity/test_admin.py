@@ -3,6 +3,7 @@ the search index proved against one rebuilt from events, and the command line.""
 
 from __future__ import annotations
 
+import getpass
 import os
 import subprocess
 import sys
@@ -259,6 +260,29 @@ async def test_the_command_line_prints_readable_tables(
     status, out = await command("audit")
     assert status == 0 and "intact" in out
     assert await command("history", str(uuid4())) == (1, "")
+
+    # What the operator looked at above is in the access log, under their login.
+    status, out = await command("access-log", str(registered.person_id))
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0] == f"Consultations of {registered.person_id}:"
+    assert lines[1].split()[:3] == ["at", "(UTC)", "by"]
+    operator = f"operator:{getpass.getuser()}"
+    assert [line.split()[2:4] for line in lines[3:]] == [
+        [operator, "get_person_history"],  # history PERSON_ID
+        [operator, "holder_of"],  # history PNC:12/394773H: who held it
+        [operator, "get_person_history"],  # then their record
+    ]
+    status, out = await command("access-log", "PNC:12/394773H")
+    lines = out.splitlines()
+    assert status == 0 and len(lines) == 4 and lines[3].split()[2:4] == [operator, "holder_of"]
+    assert "identifier: PNC 2012/0394773H" in lines[3]
+    # The lookup of a number no one held is there too, having shown nobody.
+    status, out = await command("access-log", "NOMS:A9999ZZ")
+    (missed,) = out.splitlines()[3:]
+    assert missed.split()[2:4] == [operator, "holder_of"] and "nobody" in missed.split()
+    status, out = await command("access-log", "NOMS:A9999ZZ", "--since", "2999-01-01T00:00:00Z")
+    assert out.splitlines()[1] == "None recorded."
 
     # With a cipher key the events were not written with, the tools that read events
     # refuse; the audit, which hashes what is stored, still runs.

@@ -6,6 +6,7 @@ import asyncio
 from datetime import date
 from uuid import uuid4
 
+import asyncpg
 import pytest
 from eventsourcing.cryptography import AESCipher
 
@@ -16,6 +17,7 @@ from libs.domain.errors import (
     RuleViolatedError,
 )
 from libs.eventstore import CommandReusedError, ProjectionLagError, UnreadableStoreError
+from libs.eventstore.context import Actor, current_actor
 from services.identity.application import asked
 from services.identity.bootstrap import bootstrap
 from services.identity.domain import Name, Sex
@@ -499,3 +501,76 @@ async def test_an_identifier_recorded_during_a_merge_ends_with_the_survivor_or_i
             assert holder.id == survivor.person_id and late in holder.identifiers
         assert (await app.get_person(duplicate.person_id)).redirected_from == duplicate.person_id
     assert outcomes == {0, 1}
+
+
+async def test_every_consultation_is_logged_with_who_asked_and_whose_details_it_showed(
+    identity, pool
+):
+    app = identity.application
+    ann = await register(app, ids=[PNC])
+    anne = await register(app, given="Anne")
+    await app.wait_for_index(anne.position)
+    token = current_actor.set(Actor("pom:sam"))
+    try:
+        await app.get_person(ann.person_id)
+        await app.get_person_by_identifier(PNC)
+        with pytest.raises(NotFoundError):
+            await app.get_person_by_identifier(CRO)
+        await app.person_history(ann.person_id)
+        found = await app.search_people(
+            names=[Name("Ann", "Example")], date_of_birth=date(1980, 5, 17), identifiers=[]
+        )
+        await app.list_possible_duplicates(ann.person_id, threshold=0.1)
+    finally:
+        current_actor.reset(token)
+
+    seen = await app.access_log.of_person(ann.person_id)
+    assert [(a.actor, a.action) for a in seen] == [
+        ("pom:sam", "get_person"),
+        ("pom:sam", "get_person"),
+        ("pom:sam", "get_person_history"),
+        ("pom:sam", "search_people"),
+        ("pom:sam", "list_possible_duplicates"),
+    ]
+    assert seen[0].asked == {"person_id": str(ann.person_id)}
+    assert seen[1].asked == {"identifier": "PNC 2012/0394773H"}
+    assert seen[3].asked == {
+        "names": [{"given_names": "Ann", "family_name": "Example"}],
+        "date_of_birth": "1980-05-17",
+    }
+    assert (
+        set(seen[3].disclosed)
+        == {c.person_id for c in found}
+        == {
+            ann.person_id,
+            anne.person_id,
+        }
+    )
+    assert anne.person_id in seen[4].disclosed
+    # A lookup that found no one is logged too: it shows what the caller could not know.
+    (missed,) = await app.access_log.of_identifier("CRO 029906/12J")
+    assert missed.disclosed == () and missed.actor == "pom:sam"
+    assert seen[0].at <= seen[-1].at
+
+    # Nothing is shown that is not logged: without the log, the lookup fails.
+    await pool.execute(f'ALTER TABLE "{identity.store.schema}".access_log RENAME TO gone')
+    with pytest.raises(asyncpg.UndefinedTableError):
+        await app.get_person(ann.person_id)
+
+
+async def test_consultations_arriving_together_are_logged_in_one_write(identity, pool):
+    app = identity.application
+    people = [await register(app, given=f"P{n}") for n in range(20)]
+    statements = []
+    original = app.access_log.pool.execute
+
+    async def counted(sql, *args):
+        statements.append(len(args[0]))
+        return await original(sql, *args)
+
+    app.access_log.pool = type("Pool", (), {"execute": staticmethod(counted)})()
+    await asyncio.gather(*(app.get_person(p.person_id) for p in people))
+    assert sum(statements) == 20 and len(statements) < 20
+    app.access_log.pool = pool
+    logged = [await app.access_log.of_person(p.person_id) for p in people]
+    assert all(len(entries) == 1 for entries in logged)

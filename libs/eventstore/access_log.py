@@ -1,0 +1,157 @@
+"""Who consulted which records, and when: an access log kept beside a service's events.
+
+Law-enforcement processing must log each consultation and disclosure of personal data
+with its date and time and who made it (Data Protection Act 2018, section 62), and a
+serious case review asks the same of a record: who looked at it, and when, and what they
+were shown. A service records each answer that shows people's details, or says that no
+one matched, before the answer goes out: entries that arrive while a write is under way
+are written together in one statement, and each caller waits until its entry is stored.
+If it cannot be stored, the call fails and nothing is shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from libs.eventstore.context import current_actor, current_trace_id
+from libs.eventstore.recorder import quote_schema
+
+UNKNOWN_ACTOR = "unknown"
+
+_TABLE = """
+CREATE TABLE IF NOT EXISTS {s}.access_log (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL,
+    actor text NOT NULL,
+    action text NOT NULL,
+    asked jsonb NOT NULL,
+    disclosed uuid[] NOT NULL,
+    trace_id text
+);
+CREATE INDEX IF NOT EXISTS access_log_disclosed_idx ON {s}.access_log USING gin (disclosed);
+CREATE INDEX IF NOT EXISTS access_log_at_idx ON {s}.access_log (at);
+"""
+
+
+async def create_access_log(conn: asyncpg.Connection, schema: str) -> None:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"access:{schema}")
+        await conn.execute(_TABLE.format(s=quote_schema(schema)))
+
+
+@dataclass(frozen=True)
+class Access:
+    """One consultation: who (the caller's token subject), what they asked, whose
+    details the answer showed (empty when nothing matched), when, and under which trace."""
+
+    at: datetime
+    actor: str
+    action: str
+    asked: dict[str, Any]
+    disclosed: tuple[UUID, ...]
+    trace_id: str | None
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
+
+
+class AccessLog:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        schema: str,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.pool = pool
+        self.schema = schema
+        self.clock = clock
+        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        s = quote_schema(schema)
+        self._insert = f"""
+            INSERT INTO {s}.access_log (at, actor, action, asked, disclosed, trace_id)
+            SELECT at, actor, action, asked::jsonb,
+                   string_to_array(disclosed, ',')::uuid[], trace_id
+            FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
+                        $6::text[]) AS t(at, actor, action, asked, disclosed, trace_id)
+        """
+        self._select = f"""
+            SELECT at, actor, action, asked::text, disclosed, trace_id FROM {s}.access_log
+            WHERE (disclosed @> ARRAY[$1::uuid] OR asked->>'person_id' = $1::text)
+              AND at >= $2 ORDER BY at, id LIMIT $3
+        """
+        self._select_identifier = f"""
+            SELECT at, actor, action, asked::text, disclosed, trace_id FROM {s}.access_log
+            WHERE (asked->>'identifier' = $1 OR asked->'identifiers' ? $1)
+              AND at >= $2 ORDER BY at, id LIMIT $3
+        """
+
+    async def record(
+        self, action: str, asked: Mapping[str, Any], disclosed: Iterable[UUID]
+    ) -> None:
+        """Stores one consultation by the current actor; returns once it is stored."""
+        actor = current_actor.get()
+        row = (
+            self.clock(),
+            actor.subject if actor is not None else UNKNOWN_ACTOR,
+            action,
+            json.dumps(
+                {k: v for k, v in asked.items() if v is not None}, default=_json, sort_keys=True
+            ),
+            ",".join(str(person_id) for person_id in dict.fromkeys(disclosed)),
+            current_trace_id.get(),
+        )
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((row, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(), name=f"access-log-{self.schema}")
+        await future
+
+    async def _write(self) -> None:
+        # Whatever arrives while a statement is under way goes in the next one.
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                columns = zip(*(row for row, _ in batch), strict=True)
+                await self.pool.execute(self._insert, *map(list, columns))
+            except Exception as error:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+    async def of_person(
+        self, person_id: UUID, *, since: datetime | None = None, limit: int = 1000
+    ) -> list[Access]:
+        """Consultations that showed the person's details or asked for them by id,
+        oldest first."""
+        return await self._fetch(self._select, person_id, since, limit)
+
+    async def of_identifier(
+        self, identifier: str, *, since: datetime | None = None, limit: int = 1000
+    ) -> list[Access]:
+        """Consultations that asked for an identifier (written as its service writes it,
+        e.g. 'PNC 2012/0394773H'), oldest first."""
+        return await self._fetch(self._select_identifier, identifier, since, limit)
+
+    async def _fetch(self, sql: str, key: Any, since: datetime | None, limit: int) -> list[Access]:
+        rows = await self.pool.fetch(sql, key, since or datetime.min.replace(tzinfo=UTC), limit)
+        return [
+            Access(at, actor, action, json.loads(asked), tuple(disclosed), trace_id)
+            for at, actor, action, asked, disclosed, trace_id in rows
+        ]
