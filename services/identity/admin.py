@@ -30,9 +30,10 @@
         live one, and dropped after. Scores use today's matching rules.
 
 DATABASE_URL names the database (`make db-url` prints the development one);
-THROUGHLINE_CIPHER_KEY the key events were encrypted with, if any. Nothing is written
-to the service's tables except by rebuild-index (verify-index and search --known-at
-work in a scratch schema of their own). Exit status: 0 when all is well, 1 when
+THROUGHLINE_CIPHER_KEY the key events were encrypted with, if any. What an operator is
+shown is written to the access log under operator:<login>; nothing else is written to
+the service's tables except by rebuild-index (verify-index and search --known-at work in
+a scratch schema of their own). Exit status: 0 when all is well, 1 when
 the audit finds a problem, the index differs or the person is unknown, 2 for a bad command
 line.
 """
