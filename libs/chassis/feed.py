@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from uuid import UUID
 
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from throughline.feed.v1 import feed_pb2, feed_pb2_grpc
 
 from libs.domain.errors import InvalidFieldError
-from libs.eventstore import EventStore, RecordedEvent
+from libs.eventstore import AccessLog, EventStore, RecordedEvent
 
 MAX_BATCH = 10_000
 DEFAULT_BATCH = 1000
@@ -96,10 +97,14 @@ class EventFeedServicer(feed_pb2_grpc.EventFeedServiceServicer):
         store: EventStore,
         translate: Translator,
         *,
+        access_log: AccessLog | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
+        """With `access_log`, each message of events is logged before it is sent: who
+        read it, its positions, and the streams (records) whose events it carried."""
         self._store = store
         self._translate = translate
+        self._access_log = access_log
         self._max_bytes = max_response_bytes
 
     async def ReadEvents(self, request, context) -> feed_pb2.ReadEventsResponse:
@@ -109,6 +114,7 @@ class EventFeedServicer(feed_pb2_grpc.EventFeedServiceServicer):
         head = await self._store.head_position()
         events = await self._store.read_all(after, limit, upto=head)
         first = next(chunks(events, self._translate, self._max_bytes), [])
+        await self._disclosed("read_events", first)
         return feed_pb2.ReadEventsResponse(events=first, head_position=head)
 
     async def SubscribeEvents(
@@ -117,4 +123,14 @@ class EventFeedServicer(feed_pb2_grpc.EventFeedServiceServicer):
         after, size = _validated(request.after, request.batch_size, "batch_size")
         async for batch in self._store.subscribe_batches(after, batch_size=size):
             for chunk in chunks(batch, self._translate, self._max_bytes):
+                await self._disclosed("subscribe_events", chunk)
                 yield feed_pb2.SubscribeEventsResponse(events=chunk)
+
+    async def _disclosed(self, action: str, chunk: list[feed_pb2.EventEnvelope]) -> None:
+        if self._access_log is None or not chunk:
+            return
+        await self._access_log.record(
+            action,
+            {"positions": f"{chunk[0].position}..{chunk[-1].position}"},
+            (UUID(envelope.stream_id) for envelope in chunk),
+        )

@@ -294,7 +294,9 @@ def build_server(identity: Identity, verifier: TokenVerifier) -> Server:
         identity.application,
         verifier,
         translate,
-        feed=EventFeedServicer(identity.store, translate),
+        feed=EventFeedServicer(
+            identity.store, translate, access_log=identity.application.access_log
+        ),
     )
 
 

@@ -731,6 +731,34 @@ async def test_a_long_history_is_read_in_pages_as_known_at_one_moment(client):
     assert len(beyond.person.aliases) == 4
 
 
+async def test_each_message_of_the_event_feed_is_logged_with_the_system_that_read_it(client):
+    first = await client.RegisterPerson(registration(ids=[PNC]))
+    second = await client.RegisterPerson(registration(given="Bea"))
+    system = client.verifier.mint("system:ndelius", ["feed.read"])
+    metadata = (("authorization", f"Bearer {system}"),)
+    feed = feed_pb2_grpc.EventFeedServiceStub(client.channel)
+    read = await feed.ReadEvents(feed_pb2.ReadEventsRequest(limit=2), metadata=metadata)
+    assert [e.position for e in read.events] == [1, 2]  # the first person and their PNC
+    call = feed.SubscribeEvents(feed_pb2.SubscribeEventsRequest(after=2), metadata=metadata)
+    streamed = await call.read()
+    call.cancel()
+    assert [e.stream_id for e in streamed.events] == [second.person_id]
+
+    log = client.identity.application.access_log
+    (read_entry,) = await log.of_person(UUID(first.person_id))
+    assert (read_entry.actor, read_entry.action, read_entry.asked) == (
+        "system:ndelius",
+        "read_events",
+        {"positions": "1..2"},
+    )
+    assert UUID(first.person_id) in read_entry.disclosed
+    (streamed_entry,) = await log.of_person(UUID(second.person_id))
+    assert (streamed_entry.action, streamed_entry.asked) == (
+        "subscribe_events",
+        {"positions": "3..3"},
+    )
+
+
 async def test_concurrent_registrations_of_one_identifier_leave_one_holder(client):
     calls = [client.RegisterPerson(registration(given=f"P{i}", ids=[NOMS])) for i in range(5)]
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
