@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS {s}.access_log (
 );
 CREATE INDEX IF NOT EXISTS access_log_disclosed_idx ON {s}.access_log USING gin (disclosed);
 CREATE INDEX IF NOT EXISTS access_log_at_idx ON {s}.access_log (at);
+CREATE INDEX IF NOT EXISTS access_log_actor_idx ON {s}.access_log (actor, at);
 """
 
 
@@ -91,6 +92,10 @@ class AccessLog:
             SELECT at, actor, action, asked::text, disclosed, trace_id FROM {s}.access_log
             WHERE (disclosed @> ARRAY[$1::uuid] OR asked->>'person_id' = $1::text)
               AND at >= $2 ORDER BY at, id LIMIT $3
+        """
+        self._select_actor = f"""
+            SELECT at, actor, action, asked::text, disclosed, trace_id FROM {s}.access_log
+            WHERE actor = $1 AND at >= $2 ORDER BY at, id LIMIT $3
         """
         self._select_identifier = f"""
             SELECT at, actor, action, asked::text, disclosed, trace_id FROM {s}.access_log
@@ -148,6 +153,13 @@ class AccessLog:
         """Consultations that asked for an identifier (written as its service writes it,
         e.g. 'PNC 2012/0394773H'), oldest first."""
         return await self._fetch(self._select_identifier, identifier, since, limit)
+
+    async def by_actor(
+        self, actor: str, *, since: datetime | None = None, limit: int = 1000
+    ) -> list[Access]:
+        """What one caller (a token subject) consulted, oldest first: the question asked
+        when someone may have looked at records they had no reason to."""
+        return await self._fetch(self._select_actor, actor, since, limit)
 
     async def _fetch(self, sql: str, key: Any, since: datetime | None, limit: int) -> list[Access]:
         rows = await self.pool.fetch(sql, key, since or datetime.min.replace(tzinfo=UTC), limit)

@@ -4,10 +4,12 @@
         Where the store and the search index have got to, and how many people, merged
         records and identifiers the index holds.
     python -m services.identity.admin access-log PERSON [--since 2026-11-01T00:00:00Z]
-        Who consulted the person's record, and when: each lookup, history, search and
-        duplicate check that showed the person's details or asked for them (PERSON a
-        person id), or that asked for an identifier (PERSON as TYPE:VALUE), with what
-        was asked and whose details the answer showed.
+        Who consulted the person's record, and when: each lookup, history, search,
+        duplicate check and feed message that showed the person's details or asked for
+        them (PERSON a person id), or that asked for an identifier (PERSON as
+        TYPE:VALUE), with what was asked and whose details the answer showed.
+    python -m services.identity.admin access-log --by SUBJECT [--since ...]
+        Everything one caller (a token subject, or operator:<login>) consulted.
     python -m services.identity.admin audit
         Checks every event: positions gapless up to the head, recording times in order,
         every stream's hash chain intact.
@@ -84,9 +86,11 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     commands.add_parser("status", help="the store's head, the index's position and counts")
     commands.add_parser("audit", help="check positions, recording times and hash chains")
     access = commands.add_parser("access-log", help="who consulted a person's record, and when")
-    access.add_argument(
-        "person", type=person_key, help="a person id, or an identifier as TYPE:VALUE"
+    whose = access.add_mutually_exclusive_group(required=True)
+    whose.add_argument(
+        "person", nargs="?", type=person_key, help="a person id, or an identifier as TYPE:VALUE"
     )
+    whose.add_argument("--by", metavar="SUBJECT", help="what one caller consulted instead")
     access.add_argument("--since", type=moment, help="an ISO 8601 time with its zone")
     commands.add_parser("verify-index", help="rebuild the search index and compare")
     rebuild = commands.add_parser("rebuild-index", help="empty the search index and refill it")
@@ -195,7 +199,7 @@ async def run(arguments: argparse.Namespace, database_url: str) -> int:
         if arguments.command == "status":
             return await status(identity)
         if arguments.command == "access-log":
-            return await access_log(identity, arguments.person, arguments.since)
+            return await access_log(identity, arguments.person or arguments.by, arguments.since)
         if arguments.command == "verify-index":
             return await verify_index(identity)
         if arguments.command == "rebuild-index":
@@ -260,13 +264,18 @@ async def status(identity: Identity) -> int:
     return 0
 
 
-async def access_log(identity: Identity, person: UUID | Identifier, since: datetime | None) -> int:
+async def access_log(
+    identity: Identity, key: UUID | Identifier | str, since: datetime | None
+) -> int:
+    """Consultations of a person (id) or an identifier, or by a caller (token subject)."""
     log = identity.application.access_log
-    if isinstance(person, Identifier):
-        found = await log.of_identifier(str(person), since=since)
+    if isinstance(key, Identifier):
+        found, heading = await log.of_identifier(str(key), since=since), f"of {key}"
+    elif isinstance(key, UUID):
+        found, heading = await log.of_person(key, since=since), f"of {key}"
     else:
-        found = await log.of_person(person, since=since)
-    print(f"Consultations of {person}" + (f" since {utc(since)} UTC" if since else "") + ":")
+        found, heading = await log.by_actor(key, since=since), f"by {key}"
+    print(f"Consultations {heading}" + (f" since {utc(since)} UTC" if since else "") + ":")
     if not found:
         print("None recorded.")
         return 0

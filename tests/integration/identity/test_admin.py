@@ -283,6 +283,13 @@ async def test_the_command_line_prints_readable_tables(
     assert missed.split()[2:4] == [operator, "holder_of"] and "nobody" in missed.split()
     status, out = await command("access-log", "NOMS:A9999ZZ", "--since", "2999-01-01T00:00:00Z")
     assert out.splitlines()[1] == "None recorded."
+    # Everything the operator consulted, for a question about one caller.
+    status, out = await command("access-log", "--by", operator)
+    lines = out.splitlines()
+    assert lines[0] == f"Consultations by {operator}:"
+    assert {line.split()[3] for line in lines[3:]} == {"get_person_history", "holder_of"}
+    with pytest.raises(SystemExit):
+        parse_arguments(["access-log", str(uuid4()), "--by", operator])  # one or the other
 
     # With a cipher key the events were not written with, the tools that read events
     # refuse; the audit, which hashes what is stored, still runs.
