@@ -192,14 +192,14 @@ async def run(arguments: argparse.Namespace, database_url: str) -> int:
         identity = connect(pool, schema=arguments.schema)
         if arguments.command == "audit":
             return await audit(identity)  # hashes what is stored: needs no cipher key
+        if arguments.command == "status":
+            return await status(identity)  # reads positions and counts: no key either
+        if arguments.command == "access-log":
+            return await access_log(identity, arguments.person or arguments.by, arguments.since)
         try:
             await check_readable(identity.store, identity.mapper)
         except UnreadableStoreError as error:
             raise UsageError(str(error)) from None
-        if arguments.command == "status":
-            return await status(identity)
-        if arguments.command == "access-log":
-            return await access_log(identity, arguments.person or arguments.by, arguments.since)
         if arguments.command == "verify-index":
             return await verify_index(identity)
         if arguments.command == "rebuild-index":

@@ -292,12 +292,14 @@ async def test_the_command_line_prints_readable_tables(
         parse_arguments(["access-log", str(uuid4()), "--by", operator])  # one or the other
 
     # With a cipher key the events were not written with, the tools that read events
-    # refuse; the audit, which hashes what is stored, still runs.
+    # refuse; the audit, which hashes what is stored, and the status still run.
     monkeypatch.setenv("THROUGHLINE_CIPHER_KEY", AESCipher.create_key(32))
     with pytest.raises(UsageError, match="written with another cipher key"):
         await command("history", str(registered.person_id))
     status, out = await command("audit")
     assert status == 0 and "intact" in out
+    status, out = await command("status")
+    assert status == 0 and "(up to date)" in out
 
 
 def test_the_command_line_refuses_a_missing_store_and_a_time_without_a_zone(
