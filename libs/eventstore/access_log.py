@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS {s}.access_log (
 CREATE INDEX IF NOT EXISTS access_log_disclosed_idx ON {s}.access_log USING gin (disclosed);
 CREATE INDEX IF NOT EXISTS access_log_at_idx ON {s}.access_log (at);
 CREATE INDEX IF NOT EXISTS access_log_actor_idx ON {s}.access_log (actor, at);
+CREATE INDEX IF NOT EXISTS access_log_asked_idx
+    ON {s}.access_log USING gin (asked jsonb_path_ops);
 """
 
 
@@ -90,7 +92,8 @@ class AccessLog:
         """
         self._select = f"""
             SELECT at, actor, action, asked::text, disclosed, trace_id FROM {s}.access_log
-            WHERE (disclosed @> ARRAY[$1::uuid] OR asked->>'person_id' = $1::text)
+            WHERE (disclosed @> ARRAY[$1::uuid]
+                   OR asked @> jsonb_build_object('person_id', $1::text))
               AND at >= $2 ORDER BY at, id LIMIT $3
         """
         self._select_actor = f"""
@@ -99,7 +102,8 @@ class AccessLog:
         """
         self._select_identifier = f"""
             SELECT at, actor, action, asked::text, disclosed, trace_id FROM {s}.access_log
-            WHERE (asked->>'identifier' = $1 OR asked->'identifiers' ? $1)
+            WHERE (asked @> jsonb_build_object('identifier', $1::text)
+                   OR asked @> jsonb_build_object('identifiers', jsonb_build_array($1::text)))
               AND at >= $2 ORDER BY at, id LIMIT $3
         """
 
