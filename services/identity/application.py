@@ -5,6 +5,7 @@ writer reloads and decides again."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -54,6 +55,7 @@ MAX_ATTEMPTS = 5
 
 
 T = TypeVar("T")
+_UUIDS = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True)
@@ -635,8 +637,18 @@ class IdentityApplication:
     async def verify_search_index(
         self, *, progress: Callable[[int, int], None] | None = None
     ) -> ProjectionCheck:
-        """Rebuilds the search index from the events beside the live one, and compares."""
-        return await self.search_index.verify(self.store, self.tracking, progress=progress)
+        """Rebuilds the search index from the events beside the live one, and compares.
+        Rows that differ are shown as examples; whose they are goes in the access log."""
+        check = await self.search_index.verify(self.store, self.tracking, progress=progress)
+        shown = [
+            UUID(found)
+            for table in check.tables
+            for row in (*table.only_live_examples, *table.only_rebuilt_examples)
+            for found in _UUIDS.findall(row)
+        ]
+        if shown:
+            await self.access_log.record("verify_search_index", {"position": check.position}, shown)
+        return check
 
     async def wait_for_index(self, position: int, *, timeout: float = 5.0) -> None:
         """Returns once the search index includes every write up to `position`.

@@ -98,6 +98,13 @@ async def test_the_search_index_is_proved_against_one_rebuilt_from_events(identi
     differing = [t for t in check.tables if not t.matches]
     assert [(t.table, t.only_live, t.only_rebuilt) for t in differing] == [("search_person", 1, 1)]
     assert str(first.person_id) in differing[0].only_live_examples[0]
+    # The differing rows shown hold a person's details: that is logged too.
+    (shown,) = [
+        a
+        for a in await app.access_log.of_person(first.person_id)
+        if a.action == "verify_search_index"
+    ]
+    assert shown.disclosed == (first.person_id,)
 
 
 async def test_a_search_is_answered_as_it_would_have_been_at_a_past_moment(
@@ -272,6 +279,7 @@ async def test_the_command_line_prints_readable_tables(
         [operator, "get_person_history"],  # history PERSON_ID
         [operator, "holder_of"],  # history PNC:12/394773H: who held it
         [operator, "get_person_history"],  # then their record
+        [operator, "verify_search_index"],  # the differing rows verify-index showed
     ]
     status, out = await command("access-log", "PNC:12/394773H")
     lines = out.splitlines()
@@ -287,7 +295,11 @@ async def test_the_command_line_prints_readable_tables(
     status, out = await command("access-log", "--by", operator)
     lines = out.splitlines()
     assert lines[0] == f"Consultations by {operator}:"
-    assert {line.split()[3] for line in lines[3:]} == {"get_person_history", "holder_of"}
+    assert {line.split()[3] for line in lines[3:]} == {
+        "get_person_history",
+        "holder_of",
+        "verify_search_index",
+    }
     with pytest.raises(SystemExit):
         parse_arguments(["access-log", str(uuid4()), "--by", operator])  # one or the other
 
