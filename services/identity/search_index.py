@@ -169,9 +169,10 @@ class SearchIndex:
                 version = excluded.version
         """
         self._counts = f"""
-            SELECT (SELECT count(*) FILTER (WHERE status = 'ACTIVE') FROM {s}.search_person),
-                   (SELECT count(*) FILTER (WHERE status = 'MERGED') FROM {s}.search_person),
+            SELECT count(*) FILTER (WHERE status = 'ACTIVE'),
+                   count(*) FILTER (WHERE status = 'MERGED'),
                    (SELECT count(*) FROM {s}.search_identifier)
+            FROM {s}.search_person
         """
         self._delete_names = f"DELETE FROM {s}.search_name WHERE person_id = ANY($1::uuid[])"
         self._insert_names = f"""
