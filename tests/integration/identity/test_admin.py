@@ -82,6 +82,8 @@ async def test_the_search_index_is_proved_against_one_rebuilt_from_events(identi
     await app.wait_for_index(merged.position)
     check = await app.verify_search_index()
     assert check.matches and check.position == merged.position
+    counts = (await app.status()).index
+    assert (counts.active_people, counts.merged_people, counts.identifiers) == (1, 1, 1)
     assert {t.table: t.live_rows for t in check.tables} == {
         "search_person": 2,
         "search_name": 2,  # the survivor's name and the alias it absorbed
