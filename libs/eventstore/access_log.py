@@ -22,6 +22,7 @@ from uuid import UUID
 import asyncpg
 
 from libs.eventstore.context import current_actor, current_trace_id
+from libs.eventstore.errors import EventStoreError
 from libs.eventstore.recorder import quote_schema
 
 UNKNOWN_ACTOR = "unknown"
@@ -67,6 +68,10 @@ def _json(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
     return str(value)
+
+
+class AccessLogClosedError(EventStoreError):
+    """The access log stopped before the entry could be stored: nothing is shown."""
 
 
 class AccessLog:
@@ -139,6 +144,14 @@ class AccessLog:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(error)
+            except BaseException:
+                # Cancelled (at shutdown): no caller may go on to show what was not
+                # logged, nor wait for ever.
+                for _, future in [*batch, *self._pending]:
+                    if not future.done():
+                        future.set_exception(AccessLogClosedError())
+                self._pending = []
+                raise
             else:
                 for _, future in batch:
                     if not future.done():
