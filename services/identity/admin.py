@@ -10,6 +10,10 @@
         TYPE:VALUE), with what was asked and whose details the answer showed.
     python -m services.identity.admin access-log --by SUBJECT [--since ...]
         Everything one caller (a token subject, or operator:<login>) consulted.
+    python -m services.identity.admin retire-access-log --before 2020-01 [--yes]
+        The access log is kept by the month. Lists each month it holds; with --yes,
+        drops the months before the one given, as a retention period agreed with the
+        data protection officer requires. Single entries are never deleted.
     python -m services.identity.admin audit
         Checks every event: positions gapless up to the head, recording times in order,
         every stream's hash chain intact.
@@ -92,6 +96,11 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     )
     whose.add_argument("--by", metavar="SUBJECT", help="what one caller consulted instead")
     access.add_argument("--since", type=moment, help="an ISO 8601 time with its zone")
+    retire = commands.add_parser(
+        "retire-access-log", help="list the access log's months; drop those before one"
+    )
+    retire.add_argument("--before", type=month_argument, required=True, metavar="YYYY-MM")
+    retire.add_argument("--yes", action="store_true", help="drop them (without: only list)")
     commands.add_parser("verify-index", help="rebuild the search index and compare")
     rebuild = commands.add_parser("rebuild-index", help="empty the search index and refill it")
     rebuild.add_argument(
@@ -160,6 +169,13 @@ def identifier_argument(text: str) -> Identifier:
         raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
 
 
+def month_argument(text: str) -> date:
+    try:
+        return date.fromisoformat(f"{text}-01")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a month as YYYY-MM") from None
+
+
 def date_argument(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -196,6 +212,8 @@ async def run(arguments: argparse.Namespace, database_url: str) -> int:
             return await status(identity)  # reads positions and counts: no key either
         if arguments.command == "access-log":
             return await access_log(identity, arguments.person or arguments.by, arguments.since)
+        if arguments.command == "retire-access-log":
+            return await retire_access_log(identity, arguments.before, drop=arguments.yes)
         try:
             await check_readable(identity.store, identity.mapper)
         except UnreadableStoreError as error:
@@ -295,6 +313,30 @@ async def access_log(
             ],
         )
     )
+    return 0
+
+
+async def retire_access_log(identity: Identity, before: date, *, drop: bool) -> int:
+    log = identity.application.access_log
+    months = await log.months()
+    print(
+        table(
+            ["month", "entries", ""],
+            [
+                [m.strftime("%Y-%m"), count, "to retire" if m < before else "kept"]
+                for m, count in months
+            ],
+        )
+    )
+    if not drop:
+        print(f"\nNothing dropped: add --yes to drop the months before {before:%Y-%m}.")
+        return 0
+    try:
+        retired = await log.retire_before(before)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    dropped = ", ".join(f"{m:%Y-%m} ({count:,} entries)" for m, count in retired)
+    print(f"\nDropped {dropped}." if retired else f"\nNothing held before {before:%Y-%m}.")
     return 0
 
 

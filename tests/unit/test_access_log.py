@@ -18,6 +18,8 @@ class StalledPool:
         self.release = asyncio.Event()
 
     async def execute(self, sql: str, *columns: list) -> None:
+        if not columns:
+            return  # making the month's partition
         self.statements.append(len(columns[0]))
         await self.release.wait()
 
@@ -40,6 +42,8 @@ async def test_a_writer_stopped_at_shutdown_fails_every_waiting_caller():
 async def test_a_failed_write_fails_its_callers_and_the_next_entries_are_written():
     class FailingOnce(StalledPool):
         async def execute(self, sql: str, *columns: list) -> None:
+            if not columns:
+                return
             self.statements.append(len(columns[0]))
             if len(self.statements) == 1:
                 await asyncio.sleep(0)

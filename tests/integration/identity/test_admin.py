@@ -4,16 +4,18 @@ the search index proved against one rebuilt from events, and the command line.""
 from __future__ import annotations
 
 import getpass
+import itertools
 import os
 import subprocess
 import sys
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from uuid import uuid4
 
 import pytest
 from eventsourcing.cryptography import AESCipher
 
 from libs.domain.errors import NotFoundError
+from libs.eventstore import AccessLog, EventStoreError, create_access_log
 from libs.eventstore.audit import SCRATCH_LOCKS
 from services.identity.admin import UsageError, parse_arguments, render_history, run
 from services.identity.bootstrap import bootstrap
@@ -351,3 +353,61 @@ async def test_status_says_how_far_the_search_index_is_behind(pool):
         assert (found.index.active_people, found.index.identifiers) == (0, 0)
     finally:
         await identity.close()
+
+
+async def test_the_access_log_is_kept_by_the_month_and_old_months_are_retired_whole(
+    identity, pool, capsys, test_database_url
+):
+    schema = identity.store.schema
+    # Entries late in September and October and early in November; the clock then
+    # stays in November.
+    november = datetime(2026, 11, 1, 0, 30, tzinfo=UTC)
+    moments = itertools.chain(
+        [datetime(2026, 9, 30, 23, 0, tzinfo=UTC), datetime(2026, 10, 31, 23, 59, tzinfo=UTC)],
+        itertools.repeat(november),
+    )
+    log = AccessLog(pool, schema, clock=lambda: next(moments))
+    person = uuid4()
+    for _ in range(3):
+        await log.record("get_person", {"person_id": person}, [person])
+    assert await log.months() == [
+        (date(2026, 9, 1), 1),
+        (date(2026, 10, 1), 1),
+        (date(2026, 11, 1), 1),
+    ]
+    assert [a.at.month for a in await log.of_person(person)] == [9, 10, 11]
+
+    with pytest.raises(ValueError, match="first day"):
+        await log.retire_before(date(2026, 10, 15))
+    with pytest.raises(ValueError, match="current month"):
+        await log.retire_before(date(2026, 12, 1))  # the clock reads November
+    assert await log.retire_before(date(2026, 10, 1)) == [(date(2026, 9, 1), 1)]
+    assert [m for m, _ in await log.months()] == [date(2026, 10, 1), date(2026, 11, 1)]
+    assert [a.at.month for a in await log.of_person(person)] == [10, 11]
+
+    # The operator's command lists first, and drops only when told to.
+    async def command(*argv: str) -> tuple[int, list[str]]:
+        status = await run(parse_arguments(["--schema", schema, *argv]), test_database_url)
+        return status, capsys.readouterr().out.splitlines()
+
+    status, out = await command("retire-access-log", "--before", "2026-11")
+    assert status == 0 and [line.split() for line in out[2:4]] == [
+        ["2026-10", "1", "to", "retire"],
+        ["2026-11", "1", "kept"],
+    ]
+    assert out[-1] == "Nothing dropped: add --yes to drop the months before 2026-11."
+    status, out = await command("retire-access-log", "--before", "2026-11", "--yes")
+    assert status == 0 and out[-1] == "Dropped 2026-10 (1 entries)."
+    assert [m for m, _ in await log.months()] == [date(2026, 11, 1)]
+    with pytest.raises(SystemExit):
+        parse_arguments(["retire-access-log", "--before", "2026-13"])
+
+
+async def test_an_access_log_kept_before_monthly_partitions_is_refused_clearly(pool):
+    schema = new_schema_name("unpartitioned")
+    await pool.execute(f'CREATE SCHEMA "{schema}"')
+    await pool.execute(f'CREATE TABLE "{schema}".access_log (id bigserial PRIMARY KEY)')
+    async with pool.acquire() as conn:
+        with pytest.raises(EventStoreError, match="not partitioned by month"):
+            await create_access_log(conn, schema)
+    await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -565,7 +565,8 @@ async def test_consultations_arriving_together_are_logged_in_one_write(identity,
     original = app.access_log.pool.execute
 
     async def counted(sql, *args):
-        statements.append(len(args[0]))
+        if args:  # not the month's partition being made
+            statements.append(len(args[0]))
         return await original(sql, *args)
 
     app.access_log.pool = type("Pool", (), {"execute": staticmethod(counted)})()
