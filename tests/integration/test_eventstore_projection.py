@@ -383,7 +383,7 @@ async def test_a_live_view_is_proved_against_one_rebuilt_from_its_events(store, 
     (compared,) = check.tables
     assert compared.live_rows == compared.rebuilt_rows >= 1
     leftover = await pool.fetchval(
-        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE $1", f"{schema}_verify_%"
+        "SELECT count(*) FROM pg_namespace WHERE starts_with(nspname, $1)", f"{schema}_scratch_"
     )
     assert leftover == 0
 
