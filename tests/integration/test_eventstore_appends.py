@@ -276,6 +276,45 @@ async def test_the_writer_outlives_its_session_ending_under_an_append(store, poo
     assert retried.last_position == await store.head_position()
 
 
+async def test_with_a_batch_window_appends_arriving_together_gather_into_fewer_groups(
+    pool, schema
+):
+    store = EventStore(pool, schema, batch_window=0.3)
+    try:
+        # One caller's appends, one after another, are never held back.
+        for _ in range(3):
+            await store.append(events(uuid4(), [1]))
+        assert (store.groups, store.held_groups) == (3, 0)
+        # Appends arriving together: the first wave is written at once as one group;
+        # after a shared group, the next waits out the window, gathering the next wave.
+        first = [store.append(events(uuid4(), [1])) for _ in range(10)]
+        written = asyncio.gather(*first)
+        await asyncio.sleep(0)  # the first wave is queued; the writer takes it whole
+        second = asyncio.gather(*(store.append(events(uuid4(), [1])) for _ in range(10)))
+        await written
+        third = asyncio.gather(*(store.append(events(uuid4(), [1])) for _ in range(10)))
+        await asyncio.gather(second, third)
+        assert store.groups == 3 + 2
+        assert store.held_groups == 1
+        # A lone append after a quiet spell longer than the window goes at once.
+        await asyncio.sleep(0.4)
+        await store.append(events(uuid4(), [1]))
+        assert store.held_groups == 1
+        assert [e.position for e in await store.read_all()] == list(range(1, 35))
+    finally:
+        await store.close()
+
+
+async def test_closing_a_store_writes_the_group_it_was_holding_back(pool, schema):
+    store = EventStore(pool, schema, batch_window=0.3)
+    await asyncio.gather(*(store.append(events(uuid4(), [1])) for _ in range(2)))
+    held = asyncio.ensure_future(store.append(events(uuid4(), [1])))
+    await asyncio.sleep(0.01)  # the writer is now waiting out the window
+    await store.close()
+    assert (await held).positions == (3,)
+    assert store.held_groups == 1
+
+
 async def test_a_closed_store_refuses_appends(pool, schema):
     store = EventStore(pool, schema)
     await store.append(events(uuid4(), [1]))
