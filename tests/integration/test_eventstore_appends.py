@@ -276,9 +276,7 @@ async def test_the_writer_outlives_its_session_ending_under_an_append(store, poo
     assert retried.last_position == await store.head_position()
 
 
-async def test_with_a_batch_window_appends_arriving_together_gather_into_fewer_groups(
-    pool, schema
-):
+async def test_a_batch_window_gathers_appends_arriving_together_into_fewer_groups(pool, schema):
     store = EventStore(pool, schema, batch_window=0.3)
     try:
         # One caller's appends, one after another, are never held back.
