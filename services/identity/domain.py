@@ -59,7 +59,9 @@ class Name:
         ):
             if len(value) > MAX_NAME_LENGTH:
                 violations.append((name_field, f"must be at most {MAX_NAME_LENGTH} characters"))
-            if any(_hidden(c) for c in value):
+            # Printable strings hold no control or formatting character: the common case,
+            # checked without looking at each character.
+            if not value.isprintable() and any(_hidden(c) for c in value):
                 violations.append(
                     (name_field, "must not contain control or invisible formatting characters")
                 )

@@ -60,6 +60,8 @@ def test_joiners_that_scripts_write_names_with_are_kept_but_hidden_controls_refu
     persian = Name.checked(ALIREZA, "محمدی")
     assert persian.given_names == ALIREZA
     assert Name.checked("क्\u200dष", "शर्मा").given_names == "क्\u200dष"
+    # Not printable, but neither control nor formatting: a no-break space is kept.
+    assert Name.checked("Anne\u00a0Marie", "Example").given_names == "Anne\u00a0Marie"
     for hidden in ("\u202e", "\u2066", "\u200b", "\x07"):  # bidi override, isolate...
         with pytest.raises(InvalidFieldError) as raised:
             Name.checked(f"Ann{hidden}", "Example")
