@@ -267,7 +267,7 @@ class EventStore:
         if self._closed:
             return
         self._closed = True
-        if self._writer is not None:
+        if self._writer is not None and not self._writer.done():
             self._queue.put_nowait(_STOP)
             await self._writer
         if self._notifier is not None:
@@ -316,21 +316,22 @@ class EventStore:
                 future=future,
             )
         )
-        if self._writer is None:
+        if self._writer is None or self._writer.done():  # first append, or it was stopped
             self._writer = asyncio.create_task(self._run_writer(), name=f"{self.schema}-writer")
         return await future
 
     async def _run_writer(self) -> None:
+        batch: list[_PendingAppend] = []  # taken from the queue, not yet settled
         try:
             stopping = False
             while not stopping:
                 item = await self._queue.get()
                 if item is _STOP:
                     break
+                batch = [item]
                 if self._group_shared:
                     await self._gather()
                 self._group_started = asyncio.get_running_loop().time()
-                batch: list[_PendingAppend] = [item]
                 size = len(item.events)
                 while size < self.max_batch_events and not self._queue.empty():
                     item = self._queue.get_nowait()
@@ -354,6 +355,10 @@ class EventStore:
                         for pending in batch:
                             _settle(pending, EventStoreError(f"append outcome unknown: {error}"))
         finally:
+            # Stopped (cancelled) while holding or writing a group: its callers must not be
+            # left waiting. Whether a group being written committed is unknown.
+            for pending in batch:
+                _settle(pending, EventStoreError("append outcome unknown: the writer stopped"))
             await self._release_writer_connection()
             while not self._queue.empty():
                 item = self._queue.get_nowait()

@@ -313,6 +313,23 @@ async def test_closing_a_store_writes_the_group_it_was_holding_back(pool, schema
     assert store.held_groups == 1
 
 
+async def test_a_writer_stopped_while_holding_a_group_fails_its_callers_and_is_replaced(
+    pool, schema
+):
+    store = EventStore(pool, schema, batch_window=0.3)
+    try:
+        await asyncio.gather(*(store.append(events(uuid4(), [1])) for _ in range(2)))
+        held = asyncio.ensure_future(store.append(events(uuid4(), [1])))
+        await asyncio.sleep(0.01)  # the writer is now waiting out the window
+        store._writer.cancel()
+        with pytest.raises(EventStoreError, match="outcome unknown"):
+            await asyncio.wait_for(held, 5)  # failed, not left waiting
+        # The next append starts a new writer.
+        assert (await asyncio.wait_for(store.append(events(uuid4(), [1])), 5)).positions == (3,)
+    finally:
+        await store.close()
+
+
 async def test_a_closed_store_refuses_appends(pool, schema):
     store = EventStore(pool, schema)
     await store.append(events(uuid4(), [1]))
