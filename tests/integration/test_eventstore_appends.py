@@ -34,12 +34,17 @@ class Kind(Enum):
     NOMS = "NOMS"
 
 
-async def until(condition, timeout=5.0):
-    """Waits for `condition()` to hold, checking as the event loop runs (for state the
-    store exposes as counters and clocks, not as events to wait on)."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.001)
+def holding_told(store: EventStore) -> asyncio.Event:
+    """An event set when the store's writer starts holding a group back."""
+    holding = asyncio.Event()
+    gather = store._gather
+
+    async def gather_and_tell() -> None:
+        holding.set()
+        await gather()
+
+    store._gather = gather_and_tell
+    return holding
 
 
 def events(stream, versions, topic="t"):
@@ -302,9 +307,9 @@ async def test_a_batch_window_gathers_appends_arriving_together_into_fewer_group
         await asyncio.gather(second, third)
         assert store.groups == 3 + 2
         assert store.held_groups == 1
-        # A lone append after a quiet spell longer than the window goes at once.
-        loop = asyncio.get_running_loop()
-        await until(lambda: loop.time() > store._group_started + store.batch_window)
+        # A lone append after a quiet spell longer than the window goes at once (the
+        # spell stood for by moving the last group's start a window back).
+        store._group_started -= store.batch_window
         await store.append(events(uuid4(), [1]))
         assert store.held_groups == 1
         assert [e.position for e in await store.read_all()] == list(range(1, 35))
@@ -315,8 +320,9 @@ async def test_a_batch_window_gathers_appends_arriving_together_into_fewer_group
 async def test_closing_a_store_writes_the_group_it_was_holding_back(pool, schema):
     store = EventStore(pool, schema, batch_window=0.3)
     await asyncio.gather(*(store.append(events(uuid4(), [1])) for _ in range(2)))
+    holding = holding_told(store)
     held = asyncio.ensure_future(store.append(events(uuid4(), [1])))
-    await until(lambda: store.held_groups == 1)  # waiting out the window now
+    await holding.wait()  # the writer is waiting out the window now
     await store.close()
     assert (await held).positions == (3,)
     assert store.held_groups == 1
@@ -328,8 +334,9 @@ async def test_a_writer_stopped_while_holding_a_group_fails_its_callers_and_is_r
     store = EventStore(pool, schema, batch_window=0.3)
     try:
         await asyncio.gather(*(store.append(events(uuid4(), [1])) for _ in range(2)))
+        holding = holding_told(store)
         held = asyncio.ensure_future(store.append(events(uuid4(), [1])))
-        await until(lambda: store.held_groups == 1)  # waiting out the window now
+        await holding.wait()  # the writer is waiting out the window now
         store._writer.cancel()
         with pytest.raises(EventStoreError, match="outcome unknown"):
             await asyncio.wait_for(held, 5)  # failed, not left waiting
