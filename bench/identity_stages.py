@@ -71,11 +71,14 @@ async def measure(stage: str, server: Server, token: str, first: int) -> tuple[L
         await server.stop(1)
 
 
-async def run(dsn: str) -> dict[str, tuple[Load, Load]]:
+async def run(dsn: str) -> tuple[dict[str, tuple[Load, Load]], dict[str, float]]:
+    """Each stage's echo and RegisterPerson loads, and for the stages with a real event
+    store, the mean number of commands its writer put in one transaction."""
     verifier = TokenVerifier(SECRET)
     token = verifier.mint("bench", ["identity.write"])
     translate = event_translator(create_mapper(cipher_key=""))
     results = {}
+    per_group = {}
     answer_at_once: Any = AnswerAtOnce()
     results["servicer"] = await measure(
         "servicer", identity_server(answer_at_once, verifier, translate), token, 10_000_000
@@ -101,27 +104,30 @@ async def run(dsn: str) -> dict[str, tuple[Load, Load]]:
                 results[stage] = await measure(
                     stage, identity_server(identity.application, verifier, translate), token, first
                 )
+                per_group[stage] = identity.store.grouped_appends / identity.store.groups
             finally:
                 await identity.close()
     finally:
         await pool.close()
-    return results
+    return results, per_group
 
 
-def report(results: dict[str, tuple[Load, Load]]) -> None:
+def report(results: dict[str, tuple[Load, Load]], per_group: dict[str, float]) -> None:
     print(f"\nRegisterPerson by stage — {CLIENTS} clients, {os.cpu_count()} cores")
     header = (
         f"{'stage':<13}{'commands/s':>12}{'of echo':>9}"
         f"{'server CPU/call':>17}{'added':>8}{'PostgreSQL CPU/call':>21}"
+        f"{'commands/write':>16}"
     )
     print(header)
     previous = None
     for stage, (echo, register) in results.items():
         added = "" if previous is None else f"{register.server_cpu_ms - previous:+.3f}"
         database = f"{register.database_cpu_ms:.3f}" if register.database_cpu_ms else "-"
+        grouped = f"{per_group[stage]:.1f}" if stage in per_group else "-"
         print(
             f"{stage:<13}{register.rate:>12,.0f}{register.rate / echo.rate:>9.2f}"
-            f"{register.server_cpu_ms:>17.3f}{added:>8}{database:>21}"
+            f"{register.server_cpu_ms:>17.3f}{added:>8}{database:>21}{grouped:>16}"
         )
         previous = register.server_cpu_ms
     echo_cpu = sum(echo.server_cpu_ms for echo, _ in results.values()) / len(results)
@@ -130,11 +136,13 @@ def report(results: dict[str, tuple[Load, Load]]) -> None:
     for stage, (echo, register) in results.items():
         print(f"{stage}_vs_echo={register.rate / echo.rate:.2f}")
         print(f"{stage}_server_cpu_ms={register.server_cpu_ms:.3f}")
+        if stage in per_group:
+            print(f"{stage}_commands_per_write={per_group[stage]:.1f}")
 
 
 async def main() -> None:
     async with scratch_database("throughline_bench_stages") as dsn:
-        report(await run(dsn))
+        report(*await run(dsn))
 
 
 if __name__ == "__main__":

@@ -253,6 +253,7 @@ class EventStore:
         self._closed = False
         self.lost_races = 0  # optimistic writes that found the head moved: contention
         self.groups = 0  # transactions the writer has started, one per group of appends
+        self.grouped_appends = 0  # appends in those groups (over `groups`: their mean size)
         self.held_groups = 0  # groups held back to gather more appends (`batch_window`)
         self.wakeups = Wakeups(pool, self._q.notify_channel)
 
@@ -344,6 +345,7 @@ class EventStore:
                 batch = [p for p in batch if not p.future.done()]
                 if batch:
                     self.groups += 1
+                    self.grouped_appends += len(batch)
                     try:
                         await self._write(batch)
                     except Exception as error:

@@ -33,11 +33,15 @@ SCHEMA = "identity"
 # index at once. Other searches may see the index up to about 50 ms behind under load.
 BATCH_INTERVAL = 0.05
 # Under concurrent commands, the event store starts a write transaction at most every
-# 8 ms, so each gathers more commands (a lone command is written at once). Measured with
-# 16 RegisterPerson clients against writing whatever was queued: groups of 8-10 commands
-# instead of 2, machine CPU per RegisterPerson 1.2-1.5 ms instead of 2.0, PostgreSQL's
-# share 0.10-0.19 instead of 0.37, at the cost of up to 8 ms more latency per command.
-WRITE_WINDOW = 0.008
+# 4 ms, so each gathers more commands (a lone command is written at once). Measured with
+# 16 RegisterPerson clients against writing whatever was queued: groups of about 8
+# commands instead of 2, PostgreSQL's CPU per command 0.08-0.10 ms instead of 0.20, and
+# RegisterPerson 0.33 of echo instead of 0.25, at the cost of up to 4 ms more latency per
+# command. The window also caps throughput: groups start at least a window apart and each
+# caller waits for its command's group, so 16 callers make at most 16 commands per window
+# (2,000/s at 8 ms). On a machine that served 1,820-1,960/s with windows of 3 to 6 ms, an
+# 8 ms window held it to 1,680 (0.26 of echo).
+WRITE_WINDOW = 0.004
 
 
 @dataclass

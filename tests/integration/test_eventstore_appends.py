@@ -306,6 +306,7 @@ async def test_a_batch_window_gathers_appends_arriving_together_into_fewer_group
         third = asyncio.gather(*(store.append(events(uuid4(), [1])) for _ in range(10)))
         await asyncio.gather(second, third)
         assert store.groups == 3 + 2
+        assert store.grouped_appends == 3 + 30
         assert store.held_groups == 1
         # A lone append after a quiet spell longer than the window goes at once (the
         # spell stood for by moving the last group's start a window back).
