@@ -35,7 +35,7 @@ BATCH_INTERVAL = 0.05
 # Under concurrent commands, the event store starts a write transaction at most every
 # 4 ms, so each gathers more commands (a lone command is written at once). Measured with
 # 16 RegisterPerson clients against writing whatever was queued: groups of about 8
-# commands instead of 2, PostgreSQL's CPU per command 0.08-0.10 ms instead of 0.20, and
+# commands instead of 2-3, PostgreSQL's CPU per command 0.08-0.10 ms instead of 0.20, and
 # RegisterPerson 0.33 of echo instead of 0.25, at the cost of up to 4 ms more latency per
 # command. The window also caps throughput: groups start at least a window apart and each
 # caller waits for its command's group, so 16 callers make at most 16 commands per window
