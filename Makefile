@@ -10,7 +10,7 @@ SITE := $(shell $(PYTHON) -c 'import sys; print(f"python{sys.version_info[0]}.{s
 PROTO_SOURCES := $(shell find protos -name '*.proto')
 PROTO_STAMP := protos/.generated
 
-.PHONY: setup run test bench bench-eventstore bench-identity bench-identity-stages protos lint db-url db-stop clean
+.PHONY: setup run test bench bench-eventstore bench-identity bench-identity-stages bench-identity-tuning protos lint db-url db-stop clean
 
 setup: $(STAMP) $(PROTO_STAMP)
 
@@ -54,6 +54,11 @@ bench-identity: setup
 # store, the search index (not part of `make bench`).
 bench-identity-stages: setup
 	$(PY) -m bench.identity_stages
+
+# RegisterPerson against echo under several write windows (not part of `make bench`);
+# pass other settings with ARGS, e.g. ARGS='--windows 4,6 --notify 5,50 --rounds 6'.
+bench-identity-tuning: setup
+	$(PY) -m bench.identity_tuning $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check .

@@ -26,7 +26,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 
-from bench.identity import CLIENTS, SECRET, Load, register_next_to_echo
+from bench.identity import CLIENTS, SECRET, Alternation, register_next_to_echo
 from infra.postgres import scratch_database
 from libs.chassis.auth import TokenVerifier
 from libs.chassis.server import Server
@@ -63,7 +63,7 @@ class EventList:
         )
 
 
-async def measure(stage: str, server: Server, token: str, first: int) -> tuple[Load, Load]:
+async def measure(stage: str, server: Server, token: str, first: int) -> Alternation:
     port = await server.start()
     try:
         return await register_next_to_echo(port, token, first=first, label=f"{stage}: ")
@@ -71,7 +71,7 @@ async def measure(stage: str, server: Server, token: str, first: int) -> tuple[L
         await server.stop(1)
 
 
-async def run(dsn: str) -> tuple[dict[str, tuple[Load, Load]], dict[str, float]]:
+async def run(dsn: str) -> tuple[dict[str, Alternation], dict[str, float]]:
     """Each stage's echo and RegisterPerson loads, and for the stages with a real event
     store, the mean number of commands its writer put in one transaction."""
     verifier = TokenVerifier(SECRET)
@@ -112,30 +112,32 @@ async def run(dsn: str) -> tuple[dict[str, tuple[Load, Load]], dict[str, float]]
     return results, per_group
 
 
-def report(results: dict[str, tuple[Load, Load]], per_group: dict[str, float]) -> None:
+def report(results: dict[str, Alternation], per_group: dict[str, float]) -> None:
     print(f"\nRegisterPerson by stage — {CLIENTS} clients, {os.cpu_count()} cores")
     header = (
-        f"{'stage':<13}{'commands/s':>12}{'of echo':>9}"
+        f"{'stage':<13}{'commands/s':>12}{'of echo':>9}{'rounds':>12}"
         f"{'server CPU/call':>17}{'added':>8}{'PostgreSQL CPU/call':>21}"
         f"{'commands/write':>16}"
     )
     print(header)
     previous = None
-    for stage, (echo, register) in results.items():
+    for stage, alternation in results.items():
+        register = alternation.register
         added = "" if previous is None else f"{register.server_cpu_ms - previous:+.3f}"
+        spread = f"{min(alternation.round_ratios):.2f}-{max(alternation.round_ratios):.2f}"
         database = f"{register.database_cpu_ms:.3f}" if register.database_cpu_ms else "-"
         grouped = f"{per_group[stage]:.1f}" if stage in per_group else "-"
         print(
-            f"{stage:<13}{register.rate:>12,.0f}{register.rate / echo.rate:>9.2f}"
+            f"{stage:<13}{register.rate:>12,.0f}{alternation.ratio:>9.2f}{spread:>12}"
             f"{register.server_cpu_ms:>17.3f}{added:>8}{database:>21}{grouped:>16}"
         )
         previous = register.server_cpu_ms
-    echo_cpu = sum(echo.server_cpu_ms for echo, _ in results.values()) / len(results)
-    print(f"{'echo':<13}{'':>12}{'':>9}{echo_cpu:>17.3f}   (server CPU per echo call, mean)")
+    echo_cpu = sum(a.echo.server_cpu_ms for a in results.values()) / len(results)
+    print(f"{'echo':<13}{'':>33}{echo_cpu:>17.3f}   (server CPU per echo call, mean)")
     print()
-    for stage, (echo, register) in results.items():
-        print(f"{stage}_vs_echo={register.rate / echo.rate:.2f}")
-        print(f"{stage}_server_cpu_ms={register.server_cpu_ms:.3f}")
+    for stage, alternation in results.items():
+        print(f"{stage}_vs_echo={alternation.ratio:.2f}")
+        print(f"{stage}_server_cpu_ms={alternation.register.server_cpu_ms:.3f}")
         if stage in per_group:
             print(f"{stage}_commands_per_write={per_group[stage]:.1f}")
 

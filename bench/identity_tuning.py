@@ -1,0 +1,160 @@
+"""Tries settings of the identity service's event store under RegisterPerson load
+(`make bench-identity-tuning`). Not a test: it prints figures, ending with `name=value`
+lines.
+
+    python -m bench.identity_tuning [--windows 2,4,6,8] [--notify 5,50] [--rounds 4]
+
+(the notify interval defaults to the store's own)
+
+One identity service as served (the search index following the store, over a small
+index) takes RegisterPerson from 16 clients in another process, as in `bench.identity`,
+under each pair of write window (`EventStore.batch_window`, ms) and notify interval
+(`EventStore.notify_interval`, ms) given. Each round runs every setting once, each as an
+echo baseline followed by RegisterPerson, and starts one setting later than the round
+before, so that the machine's drift over minutes favours none. Per setting: RegisterPerson
+over echo (mean rates, and the lowest and highest round), commands per write
+transaction, and server and PostgreSQL CPU per command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+from dataclasses import dataclass
+
+from bench.identity import (
+    CLIENTS,
+    SECRET,
+    Alternation,
+    Load,
+    bench_echo,
+    load_from_another_process,
+    progress,
+)
+from infra.postgres import scratch_database
+from libs.chassis.auth import TokenVerifier
+from libs.eventstore import EventStore, create_mapper, create_pool
+from services.identity.bootstrap import WRITE_WINDOW, bootstrap
+from services.identity.grpc_api import identity_server
+from services.identity.translate import event_translator
+
+SERVED_NOTIFY_MS = EventStore.__init__.__kwdefaults__["notify_interval"] * 1000
+
+
+@dataclass(frozen=True)
+class Setting:
+    window_ms: float
+    notify_ms: float
+
+    @property
+    def name(self) -> str:
+        return f"window_{self.window_ms:g}ms_notify_{self.notify_ms:g}ms"
+
+
+@dataclass
+class Outcome:
+    alternation: Alternation
+    commands_per_write: float
+
+
+def ms_list(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of milliseconds: {text!r}") from None
+    if not values or any(value < 0 for value in values):
+        raise argparse.ArgumentTypeError(f"give one or more milliseconds, none below 0: {text!r}")
+    return values
+
+
+async def run(dsn: str, settings: list[Setting], rounds: int) -> dict[Setting, Outcome]:
+    verifier = TokenVerifier(SECRET)
+    token = verifier.mint("bench", ["identity.write"])
+    translate = event_translator(create_mapper(cipher_key=""))
+    pool = await create_pool(dsn, min_size=4, max_size=24)
+    try:
+        identity = await bootstrap(pool, schema="bench_tuning", cipher_key="")
+        identity.start_projection()
+        store = identity.store
+        server = identity_server(identity.application, verifier, translate)
+        port = await server.start()
+        echoes: dict[Setting, list[Load]] = {setting: [] for setting in settings}
+        registers: dict[Setting, list[Load]] = {setting: [] for setting in settings}
+        groups = dict.fromkeys(settings, 0)
+        grouped = dict.fromkeys(settings, 0)
+        first = itertools.count(70_000_000, 1_000_000)  # NOMS numbers never repeat
+        try:
+            for round_ in range(rounds):
+                start = round_ % len(settings)
+                for setting in settings[start:] + settings[:start]:
+                    store.batch_window = setting.window_ms / 1000
+                    store.notify_interval = setting.notify_ms / 1000
+                    progress(f"round {round_ + 1}/{rounds}: {setting.name}, echo then register")
+                    echoes[setting].append(await bench_echo())
+                    groups_before, grouped_before = store.groups, store.grouped_appends
+                    registers[setting].append(
+                        await load_from_another_process(port, "register", token, first=next(first))
+                    )
+                    groups[setting] += store.groups - groups_before
+                    grouped[setting] += store.grouped_appends - grouped_before
+        finally:
+            await server.stop(1)
+            await identity.close()
+    finally:
+        await pool.close()
+    return {
+        setting: Outcome(
+            Alternation.of(echoes[setting], registers[setting]),
+            grouped[setting] / groups[setting] if groups[setting] else 0.0,
+        )
+        for setting in settings
+    }
+
+
+def report(outcomes: dict[Setting, Outcome], rounds: int) -> None:
+    print(
+        f"\nRegisterPerson under each store setting — {CLIENTS} clients, {rounds} rounds, "
+        f"{os.cpu_count()} cores (served with a {WRITE_WINDOW * 1000:g} ms window, "
+        f"notifying every {SERVED_NOTIFY_MS:g} ms at most)"
+    )
+    print(
+        f"{'window ms':>10}{'notify ms':>11}{'commands/s':>12}{'of echo':>9}{'rounds':>12}"
+        f"{'commands/write':>16}{'server CPU/call':>17}{'PostgreSQL CPU/call':>21}"
+    )
+    for setting, outcome in outcomes.items():
+        alternation = outcome.alternation
+        register = alternation.register
+        spread = f"{min(alternation.round_ratios):.2f}-{max(alternation.round_ratios):.2f}"
+        database = f"{register.database_cpu_ms:.3f}" if register.database_cpu_ms else "-"
+        print(
+            f"{setting.window_ms:>10g}{setting.notify_ms:>11g}{register.rate:>12,.0f}"
+            f"{alternation.ratio:>9.2f}{spread:>12}{outcome.commands_per_write:>16.1f}"
+            f"{register.server_cpu_ms:>17.3f}{database:>21}"
+        )
+    print()
+    for setting, outcome in outcomes.items():
+        print(f"{setting.name}_vs_echo={outcome.alternation.ratio:.2f}")
+        print(f"{setting.name}_commands_per_write={outcome.commands_per_write:.1f}")
+
+
+async def main(settings: list[Setting], rounds: int) -> None:
+    async with scratch_database("throughline_bench_tuning") as dsn:
+        report(await run(dsn, settings, rounds), rounds)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--windows", type=ms_list, default=[2.0, 4.0, 6.0, 8.0])
+    parser.add_argument("--notify", type=ms_list, default=[SERVED_NOTIFY_MS])
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    asyncio.run(
+        main(
+            [Setting(window, notify) for window in args.windows for notify in args.notify],
+            args.rounds,
+        )
+    )
