@@ -278,14 +278,14 @@ class Alternation:
 
 
 async def register_next_to_echo(
-    port: int, token: str, *, first: int, label: str = "", rounds: int = ROUNDS
+    port: int, token: str, *, first: int, label: str = ""
 ) -> Alternation:
     """The echo baseline and RegisterPerson on `port`, each driven by CLIENTS clients in
     another process. This machine's speed drifts by tens of percent over seconds, so the
-    two alternate, `rounds` times each, and their means are compared. NOMS numbers start
+    two alternate, ROUNDS times each, and their means are compared. NOMS numbers start
     at `first` and never repeat between rounds."""
     echoes, registers = [], []
-    for round_ in range(rounds):
+    for round_ in range(ROUNDS):
         progress(f"{label}echo baseline, {CLIENTS} clients in another process ({round_ + 1})")
         echoes.append(await bench_echo())
         progress(f"{label}RegisterPerson, {CLIENTS} clients in another process ({round_ + 1})")
