@@ -4,7 +4,7 @@ lines.
 
     python -m bench.identity_tuning [--windows 2,4,6,8] [--notify 5,50] [--rounds 4]
 
-(the notify interval defaults to the store's own)
+(the notify interval defaults to the one the service is served with)
 
 One identity service as served (the search index following the store, over a small
 index) takes RegisterPerson from 16 clients in another process, as in `bench.identity`,
@@ -35,12 +35,10 @@ from bench.identity import (
 )
 from infra.postgres import scratch_database
 from libs.chassis.auth import TokenVerifier
-from libs.eventstore import EventStore, create_mapper, create_pool
-from services.identity.bootstrap import WRITE_WINDOW, bootstrap
+from libs.eventstore import create_mapper, create_pool
+from services.identity.bootstrap import NOTIFY_INTERVAL, WRITE_WINDOW, bootstrap
 from services.identity.grpc_api import identity_server
 from services.identity.translate import event_translator
-
-SERVED_NOTIFY_MS = EventStore.__init__.__kwdefaults__["notify_interval"] * 1000
 
 
 @dataclass(frozen=True)
@@ -117,7 +115,7 @@ def report(outcomes: dict[Setting, Outcome], rounds: int) -> None:
     print(
         f"\nRegisterPerson under each store setting — {CLIENTS} clients, {rounds} rounds, "
         f"{os.cpu_count()} cores (served with a {WRITE_WINDOW * 1000:g} ms window, "
-        f"notifying every {SERVED_NOTIFY_MS:g} ms at most)"
+        f"notifying every {NOTIFY_INTERVAL * 1000:g} ms at most)"
     )
     print(
         f"{'window ms':>10}{'notify ms':>11}{'commands/s':>12}{'of echo':>9}{'rounds':>12}"
@@ -147,7 +145,7 @@ async def main(settings: list[Setting], rounds: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--windows", type=ms_list, default=[2.0, 4.0, 6.0, 8.0])
-    parser.add_argument("--notify", type=ms_list, default=[SERVED_NOTIFY_MS])
+    parser.add_argument("--notify", type=ms_list, default=[NOTIFY_INTERVAL * 1000])
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     if args.rounds < 1:

@@ -33,24 +33,25 @@ SCHEMA = "identity"
 # index at once. Other searches may see the index up to about 50 ms behind under load.
 BATCH_INTERVAL = 0.05
 # Under concurrent commands, the event store starts a write transaction at most every
-# 4 ms, so each gathers more commands (a lone command is written at once). Measured with
-# 16 RegisterPerson clients against writing whatever was queued: groups of about 8
-# commands instead of 2-3, PostgreSQL's CPU per command 0.08-0.10 ms instead of 0.20, and
-# RegisterPerson 0.33 of echo instead of 0.25, at the cost of up to 4 ms more latency per
-# command. The window also caps throughput: groups start at least a window apart and each
-# caller waits for its command's group, so 16 callers make at most 16 commands per window
-# (2,000/s at 8 ms). On a machine that served 1,820-1,960/s with windows of 3 to 6 ms, an
-# 8 ms window held it to 1,680 (0.26 of echo).
-WRITE_WINDOW = 0.004
+# 5 ms, so each gathers more commands (a lone command is written at once), at the cost of
+# up to 5 ms more latency per command. Against writing whatever was queued (16
+# RegisterPerson clients): groups of about 8 commands instead of 2-3, PostgreSQL's CPU per
+# command 0.08-0.10 ms instead of 0.20, RegisterPerson 0.33 of echo instead of 0.25. The
+# window also caps throughput: groups start at least a window apart and each caller waits
+# for its command's group, so 16 callers make at most 16 commands per window (3,200/s at
+# 5 ms). 5 ms was the best or tied for best on both machines measured: on one serving
+# 1,800/s, 0.33 of echo at 4 and 5 ms, 0.32 at 6 ms, 0.26 at 8 ms (the cap binding); on
+# one serving 1,000/s (`make bench-identity-tuning ARGS='--windows 4,5,6 --notify 50
+# --rounds 6'`), 0.39 at 4 ms, 0.43 at 5 ms, 0.41 at 6 ms.
+WRITE_WINDOW = 0.005
 # Under steady writes the store sends at most one NOTIFY per 50 ms (the library's default
 # is 5 ms): subscribers in other processes (another replica's feed or search index) learn
 # of new events up to 50 ms later, while a write after a quiet spell is announced at once
 # and this process's own subscribers are woken directly. Each NOTIFY is a statement on a
 # pooled connection and a notification back to this process's own LISTEN connection.
 # Measured with `make bench-identity-tuning ARGS='--windows 4,6,8 --notify 5,50
-# --rounds 5'` (five rounds each): RegisterPerson 0.40 of echo instead of 0.36 with a
-# 4 ms window, server CPU per command 1.08 ms instead of 1.21, PostgreSQL's 0.22 instead
-# of 0.27.
+# --rounds 5'`, with a 4 ms window: RegisterPerson 0.40 of echo instead of 0.36, server
+# CPU per command 1.08 ms instead of 1.21, PostgreSQL's 0.22 instead of 0.27.
 NOTIFY_INTERVAL = 0.05
 
 
