@@ -55,8 +55,8 @@ bench-identity: setup
 bench-identity-stages: setup
 	$(PY) -m bench.identity_stages
 
-# RegisterPerson against echo under several write windows (not part of `make bench`);
-# pass other settings with ARGS, e.g. ARGS='--windows 4,6 --notify 5,50 --rounds 6'.
+# RegisterPerson against echo under several write windows and notify intervals, not part
+# of `make bench`: e.g. ARGS='--windows 4,6 --notify 5,50 --rounds 6'.
 bench-identity-tuning: setup
 	$(PY) -m bench.identity_tuning $(ARGS)
 

@@ -276,6 +276,11 @@ class Alternation:
     def ratio(self) -> float:
         return self.register.rate / self.echo.rate
 
+    @property
+    def spread(self) -> str:
+        """The lowest and highest round's ratio, as `0.35-0.43`."""
+        return f"{min(self.round_ratios):.2f}-{max(self.round_ratios):.2f}"
+
 
 async def register_next_to_echo(
     port: int, token: str, *, first: int, label: str = ""

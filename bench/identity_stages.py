@@ -124,11 +124,10 @@ def report(results: dict[str, Alternation], per_group: dict[str, float]) -> None
     for stage, alternation in results.items():
         register = alternation.register
         added = "" if previous is None else f"{register.server_cpu_ms - previous:+.3f}"
-        spread = f"{min(alternation.round_ratios):.2f}-{max(alternation.round_ratios):.2f}"
         database = f"{register.database_cpu_ms:.3f}" if register.database_cpu_ms else "-"
         grouped = f"{per_group[stage]:.1f}" if stage in per_group else "-"
         print(
-            f"{stage:<13}{register.rate:>12,.0f}{alternation.ratio:>9.2f}{spread:>12}"
+            f"{stage:<13}{register.rate:>12,.0f}{alternation.ratio:>9.2f}{alternation.spread:>12}"
             f"{register.server_cpu_ms:>17.3f}{added:>8}{database:>21}{grouped:>16}"
         )
         previous = register.server_cpu_ms

@@ -4,7 +4,7 @@ lines.
 
     python -m bench.identity_tuning [--windows 2,4,6,8] [--notify 5,50] [--rounds 4]
 
-(the notify interval defaults to the one the service is served with)
+Without --notify, every setting uses the notify interval the service is served with.
 
 One identity service as served (the search index following the store, over a small
 index) takes RegisterPerson from 16 clients in another process, as in `bench.identity`,
@@ -124,11 +124,10 @@ def report(outcomes: dict[Setting, Outcome], rounds: int) -> None:
     for setting, outcome in outcomes.items():
         alternation = outcome.alternation
         register = alternation.register
-        spread = f"{min(alternation.round_ratios):.2f}-{max(alternation.round_ratios):.2f}"
         database = f"{register.database_cpu_ms:.3f}" if register.database_cpu_ms else "-"
         print(
             f"{setting.window_ms:>10g}{setting.notify_ms:>11g}{register.rate:>12,.0f}"
-            f"{alternation.ratio:>9.2f}{spread:>12}{outcome.commands_per_write:>16.1f}"
+            f"{alternation.ratio:>9.2f}{alternation.spread:>12}{outcome.commands_per_write:>16.1f}"
             f"{register.server_cpu_ms:>17.3f}{database:>21}"
         )
     print()
