@@ -277,9 +277,17 @@ class Alternation:
         return self.register.rate / self.echo.rate
 
     @property
+    def lowest(self) -> float:
+        return min(self.round_ratios)
+
+    @property
+    def highest(self) -> float:
+        return max(self.round_ratios)
+
+    @property
     def spread(self) -> str:
         """The lowest and highest round's ratio, as `0.35-0.43`."""
-        return f"{min(self.round_ratios):.2f}-{max(self.round_ratios):.2f}"
+        return f"{self.lowest:.2f}-{self.highest:.2f}"
 
 
 async def register_next_to_echo(
@@ -366,7 +374,6 @@ async def run(dsn: str) -> None:
     quantiles = statistics.quantiles(latencies, n=100)
     echo, register = alternation.echo, alternation.register
     echo_rate, register_rate = echo.rate, register.rate
-    low, high = min(alternation.round_ratios), max(alternation.round_ratios)
     print(f"\nIdentity benchmark — {PEOPLE:,} people, {os.cpu_count()} cores")
     rows = [
         ("bulk load through the event store (people/s)", append_rate, ""),
@@ -377,12 +384,12 @@ async def run(dsn: str) -> None:
         (
             "RegisterPerson, 16 clients (commands/s)",
             register_rate,
-            f"{register_rate / echo_rate:.2f} of echo",
+            f"{alternation.ratio:.2f} of echo",
         ),
         (
             f"RegisterPerson / echo, lowest of {len(alternation.round_ratios)} rounds",
-            low,
-            f"highest {high:.3f}",
+            alternation.lowest,
+            f"highest {alternation.highest:.3f}",
         ),
         (
             f"precision at {DEFAULT_THRESHOLD} ({duplicates} duplicates, {twins} twins)",
@@ -418,9 +425,9 @@ async def run(dsn: str) -> None:
     print(f"search_p99_ms={quantiles[98]:.2f}")
     print(f"echo_per_s={echo_rate:.0f}")
     print(f"register_per_s={register_rate:.0f}")
-    print(f"register_vs_echo_lowest_round={low:.2f}")
-    print(f"register_vs_echo_highest_round={high:.2f}")
-    print(f"register_vs_echo={register_rate / echo_rate:.2f}")
+    print(f"register_vs_echo_lowest_round={alternation.lowest:.2f}")
+    print(f"register_vs_echo_highest_round={alternation.highest:.2f}")
+    print(f"register_vs_echo={alternation.ratio:.2f}")
     print(f"register_vs_echo_cpu_ceiling={ceiling:.2f}")
     print(f"match_precision={precision:.3f}")
     print(f"match_recall={recall:.3f}")

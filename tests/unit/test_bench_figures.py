@@ -21,6 +21,7 @@ def test_an_alternation_pairs_each_round_with_the_echo_run_just_before_it():
         [load(800), load(900), load(1300, server_cpu_ms=2.0)],
     )
     assert alternation.round_ratios == pytest.approx((0.4, 0.3, 0.52))
+    assert (alternation.lowest, alternation.highest) == pytest.approx((0.3, 0.52))
     assert alternation.spread == "0.30-0.52"
     assert alternation.echo.rate == pytest.approx(2500)
     assert alternation.register.rate == pytest.approx(1000)
