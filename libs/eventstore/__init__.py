@@ -21,6 +21,7 @@ from libs.eventstore.errors import (
     ProjectionLagError,
     UnreadableStoreError,
 )
+from libs.eventstore.keyring import KeyRing, KeyRingError, key_usage
 from libs.eventstore.mapper import check_readable, create_mapper
 from libs.eventstore.projection import Projection, ProjectionRunner
 from libs.eventstore.recorder import UNSET, EventStore, create_schema
@@ -40,6 +41,8 @@ __all__ = [
     "EventStoreClosedError",
     "EventStoreError",
     "InvalidAppendError",
+    "KeyRing",
+    "KeyRingError",
     "Projection",
     "ProjectionCheck",
     "ProjectionLagError",
@@ -58,6 +61,7 @@ __all__ = [
     "create_mapper",
     "create_pool",
     "create_schema",
+    "key_usage",
     "projection_as_at",
     "scratch_schema",
     "verify_projection",

@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 
 from libs.chassis.auth import TokenVerifier, load_secret
 from libs.chassis.server import serve_until_signalled
-from libs.eventstore import create_pool
+from libs.eventstore import UnreadableStoreError, create_pool
+from libs.eventstore.keyring import KeyRingError
 from services.identity.bootstrap import bootstrap
 from services.identity.grpc_api import build_server
 
@@ -32,4 +34,10 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     parser = argparse.ArgumentParser(description="The Throughline identity service.")
     parser.add_argument("--port", type=int, default=50051)
-    asyncio.run(main(parser.parse_args().port))
+    port = parser.parse_args().port
+    try:
+        asyncio.run(main(port))
+    except (KeyRingError, UnreadableStoreError) as error:
+        # Misconfigured keys: say which variable, and do not start.
+        logging.getLogger("services.identity").error("not starting: %s", error)
+        sys.exit(2)

@@ -17,6 +17,11 @@
     python -m services.identity.admin audit
         Checks every event: positions gapless up to the head, recording times in order,
         every stream's hash chain intact.
+    python -m services.identity.admin keys
+        Which cipher key each event needs: for the current key and every old one, how
+        many events it encrypted and their first and last positions; and the events no
+        key given reads (exit status 1). Run it before removing a key from
+        THROUGHLINE_CIPHER_OLD_KEYS: a key that encrypted any event is needed for good.
     python -m services.identity.admin verify-index
         Rebuilds the search index from the events beside the live one, while the service
         runs, and compares the two row by row.
@@ -36,12 +41,13 @@
         live one, and dropped after. Scores use today's matching rules.
 
 DATABASE_URL names the database (`make db-url` prints the development one);
-THROUGHLINE_CIPHER_KEY the key events were encrypted with, if any. What an operator is
-shown is written to the access log under operator:<login>; nothing else is written to
-the service's tables except by rebuild-index (verify-index and search --known-at work in
-a scratch schema of their own). Exit status: 0 when all is well, 1 when
-the audit finds a problem, the index differs or the person is unknown, 2 for a bad command
-line.
+THROUGHLINE_CIPHER_KEY the key events are encrypted with, if any, and
+THROUGHLINE_CIPHER_OLD_KEYS (comma-separated) the keys used before a rotation. What an
+operator is shown is written to the access log under operator:<login>; nothing else is
+written to the service's tables except by rebuild-index (verify-index and search
+--known-at work in a scratch schema of their own). Exit status: 0 when all is well, 1 when
+the audit finds a problem, the index differs, the person is unknown or an event is
+readable with none of the keys given, 2 for a bad command line or a malformed key.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ from libs.console import Progress, table
 from libs.domain.errors import NotFoundError
 from libs.eventstore import UnreadableStoreError, audit_store, check_readable, create_pool
 from libs.eventstore.context import Actor, current_actor, current_trace_id
+from libs.eventstore.keyring import UNENCRYPTED, KeyRingError, key_usage
 from libs.eventstore.recorder import quote_schema
 from services.identity.application import PersonHistory
 from services.identity.bootstrap import SCHEMA, Identity, connect
@@ -101,6 +108,7 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     )
     retire.add_argument("--before", type=month_argument, required=True, metavar="YYYY-MM")
     retire.add_argument("--yes", action="store_true", help="drop them (without: only list)")
+    commands.add_parser("keys", help="which cipher key each event needs; any unreadable")
     commands.add_parser("verify-index", help="rebuild the search index and compare")
     rebuild = commands.add_parser("rebuild-index", help="empty the search index and refill it")
     rebuild.add_argument(
@@ -214,6 +222,8 @@ async def run(arguments: argparse.Namespace, database_url: str) -> int:
             return await access_log(identity, arguments.person or arguments.by, arguments.since)
         if arguments.command == "retire-access-log":
             return await retire_access_log(identity, arguments.before, drop=arguments.yes)
+        if arguments.command == "keys":
+            return await keys(identity)  # reports the events the keys do not read
         try:
             await check_readable(identity.store, identity.mapper)
         except UnreadableStoreError as error:
@@ -280,6 +290,24 @@ async def status(identity: Identity) -> int:
         )
     )
     return 0
+
+
+async def keys(identity: Identity) -> int:
+    usage = await key_usage(identity.store, identity.mapper, progress=Progress("events read"))
+    rows: list[list[Any]] = []
+    for n, use in enumerate(usage.keys):
+        role = "current" if n == 0 else f"old {n}"
+        if use.key == UNENCRYPTED:
+            role = "no key set"
+        where = f"{use.first_position:,}..{use.last_position:,}" if use.events else "no events"
+        rows.append([use.key, role, use.events, where])
+    if usage.unreadable:
+        examples = ", ".join(f"{p:,}" for p in usage.unreadable_examples)
+        more = "" if usage.unreadable == len(usage.unreadable_examples) else ", ..."
+        rows.append(["", "read by none", usage.unreadable, f"{examples}{more}"])
+    print(f"{identity.store.schema}: {usage.head_position:,} events")
+    print(table(["key", "use", "events", "positions"], rows))
+    return 0 if usage.readable else 1
 
 
 async def access_log(
@@ -553,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return asyncio.run(run(arguments, database_url))
-    except UsageError as error:
+    except (UsageError, KeyRingError) as error:
         print(error, file=sys.stderr)
         return 2
     except (OSError, asyncpg.PostgresError) as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -75,24 +76,35 @@ class Identity:
 
 
 async def bootstrap(
-    pool: asyncpg.Pool, *, schema: str = SCHEMA, cipher_key: str | None = None
+    pool: asyncpg.Pool,
+    *,
+    schema: str = SCHEMA,
+    cipher_key: str | None = None,
+    old_cipher_keys: Sequence[str] | None = None,
 ) -> Identity:
-    """Creates (or brings up to date) the service's tables, then wires it, refusing a
-    cipher key its events cannot be read with (`UnreadableStoreError`)."""
+    """Creates (or brings up to date) the service's tables, then wires it, refusing
+    cipher keys its events cannot be read with (`UnreadableStoreError`). The keys
+    default to the environment's (see `create_mapper`)."""
     async with pool.acquire() as conn:
         await create_schema(conn, schema)
         await create_search_index(conn, schema)
         await create_access_log(conn, schema)
-    identity = connect(pool, schema=schema, cipher_key=cipher_key)
+    identity = connect(pool, schema=schema, cipher_key=cipher_key, old_cipher_keys=old_cipher_keys)
     await check_readable(identity.store, identity.mapper)
     return identity
 
 
-def connect(pool: asyncpg.Pool, *, schema: str = SCHEMA, cipher_key: str | None = None) -> Identity:
+def connect(
+    pool: asyncpg.Pool,
+    *,
+    schema: str = SCHEMA,
+    cipher_key: str | None = None,
+    old_cipher_keys: Sequence[str] | None = None,
+) -> Identity:
     """Wires the service over tables that already exist, changing nothing in the
     database (for operators' tools)."""
     store = EventStore(pool, schema, batch_window=WRITE_WINDOW, notify_interval=NOTIFY_INTERVAL)
-    mapper = create_mapper(cipher_key)
+    mapper = create_mapper(cipher_key, old_cipher_keys)
     # People and claims have short streams: rebuilding from events beats a snapshot read.
     repository = Repository(store, mapper, snapshots=False)
     tracking = TrackingStore(pool, schema)

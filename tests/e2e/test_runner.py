@@ -42,3 +42,23 @@ async def test_the_runner_starts_services_reports_them_healthy_and_stops_on_sigi
     assert rest.decode().strip().endswith("stopped")
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the service is still listening"
+
+
+async def test_the_identity_service_will_not_start_with_a_malformed_cipher_key(
+    test_database_url,
+):
+    """It exits at once, naming the variable, rather than serve and fail every write."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": test_database_url,
+        "THROUGHLINE_CIPHER_KEY": "not a key",
+        "THROUGHLINE_CIPHER_OLD_KEYS": "",
+    }
+    service = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "services.identity", "--port", str(free_port())],
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(service.communicate(), 60)
+    assert service.returncode == 2
+    assert "not starting: THROUGHLINE_CIPHER_KEY: a cipher key must be base64" in stderr.decode()

@@ -3,6 +3,7 @@ the search index proved against one rebuilt from events, and the command line.""
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import itertools
 import os
@@ -17,6 +18,7 @@ from eventsourcing.cryptography import AESCipher
 from libs.domain.errors import NotFoundError
 from libs.eventstore import AccessLog, EventStoreError, create_access_log
 from libs.eventstore.audit import SCRATCH_LOCKS
+from libs.eventstore.keyring import fingerprint
 from services.identity.admin import UsageError, parse_arguments, render_history, run
 from services.identity.bootstrap import bootstrap
 from services.identity.domain import Name, Sex, Status
@@ -411,3 +413,75 @@ async def test_an_access_log_kept_before_monthly_partitions_is_refused_clearly(p
         with pytest.raises(EventStoreError, match="not partitioned by month"):
             await create_access_log(conn, schema)
     await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+async def test_keys_says_which_cipher_key_each_event_needs_and_which_none_reads(
+    pool, capsys, test_database_url, monkeypatch
+):
+    schema = new_schema_name("keys")
+    old, new = AESCipher.create_key(32), AESCipher.create_key(32)
+    before = await bootstrap(pool, schema=schema, cipher_key=old, old_cipher_keys=[])
+    await before.application.register_person(
+        uuid4(), Name("Ann", "Example"), date(1980, 5, 17), Sex.FEMALE, [PNC], []
+    )  # positions 1 and 2: the person and the claim on the PNC
+    await before.close()
+    after = await bootstrap(pool, schema=schema, cipher_key=new, old_cipher_keys=[old])
+    await after.application.register_person(
+        uuid4(), Name("Bob", "Example"), date(1981, 5, 17), Sex.MALE, [], []
+    )  # position 3
+    await after.close()
+
+    async def keys(current: str, *previous: str) -> tuple[int, list[list[str]]]:
+        monkeypatch.setenv("THROUGHLINE_CIPHER_KEY", current)
+        monkeypatch.setenv("THROUGHLINE_CIPHER_OLD_KEYS", ",".join(previous))
+        status = await run(parse_arguments(["--schema", schema, "keys"]), test_database_url)
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == f"{schema}: 3 events"
+        return status, [line.split("  ") for line in lines[3:]]
+
+    def cells(rows: list[list[str]]) -> list[list[str]]:
+        return [[cell.strip() for cell in row if cell.strip()] for row in rows]
+
+    status, rows = await keys(new, old)
+    assert status == 0
+    assert cells(rows) == [
+        [fingerprint(new), "current", "1", "3..3"],
+        [fingerprint(old), "old 1", "2", "1..2"],
+    ]
+    # Without the old key, the tool still runs (it is how one finds the gap) and fails.
+    status, rows = await keys(new)
+    assert status == 1
+    assert cells(rows) == [
+        [fingerprint(new), "current", "1", "3..3"],
+        ["read by none", "2", "1, 2"],
+    ]
+    # A key no event needs shows as such: it may be dropped.
+    spare = AESCipher.create_key(32)
+    status, rows = await keys(new, old, spare)
+    assert status == 0 and cells(rows)[2] == [fingerprint(spare), "old 2", "0", "no events"]
+    # Keys that are malformed are refused before anything is read, naming the variable.
+    monkeypatch.setenv("THROUGHLINE_CIPHER_OLD_KEYS", "not a key")
+    admin = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "services.identity.admin", "--schema", schema, "keys"],
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "DATABASE_URL": test_database_url},
+    )
+    _, stderr = await asyncio.wait_for(admin.communicate(), 60)
+    assert admin.returncode == 2
+    assert stderr.decode().startswith("THROUGHLINE_CIPHER_OLD_KEYS, key 1: a cipher key must be")
+
+
+async def test_keys_reports_a_store_written_without_encryption(identity, capsys, test_database_url):
+    await identity.application.register_person(
+        uuid4(), Name("Ann", "Example"), date(1980, 5, 17), Sex.FEMALE, [], []
+    )
+    argv = ["--schema", identity.store.schema, "keys"]
+    assert await run(parse_arguments(argv), test_database_url) == 0
+    assert capsys.readouterr().out.splitlines()[3].split() == [
+        "none",
+        "no",
+        "key",
+        "set",
+        "1",
+        "1..1",
+    ]

@@ -18,6 +18,7 @@ from libs.domain.errors import (
 )
 from libs.eventstore import CommandReusedError, ProjectionLagError, UnreadableStoreError
 from libs.eventstore.context import Actor, current_actor
+from libs.eventstore.keyring import fingerprint
 from services.identity.application import asked
 from services.identity.bootstrap import bootstrap
 from services.identity.domain import Name, Sex
@@ -423,6 +424,40 @@ async def test_the_service_will_not_start_with_a_cipher_key_its_events_were_not_
     with pytest.raises(UnreadableStoreError):
         await bootstrap(pool, schema=plain, cipher_key=key)
     assert person.position == 2  # started again with the right key, it wrote on
+
+
+async def test_a_rotated_cipher_key_encrypts_new_events_while_old_keys_read_earlier_ones(pool):
+    """Rotation rewrites nothing: events written before it stay as they are and are read
+    with the old key, kept in THROUGHLINE_CIPHER_OLD_KEYS; a person's stream may hold
+    events under both. Dropping a key still needed, or not moving to the new one, is
+    refused at start-up, naming the variables."""
+    schema = new_schema_name("rotation")
+    old, new = AESCipher.create_key(32), AESCipher.create_key(32)
+    before = await bootstrap(pool, schema=schema, cipher_key=old, old_cipher_keys=[])
+    ann = await register(before.application, ids=[PNC])
+    await before.close()
+
+    rotated = await bootstrap(pool, schema=schema, cipher_key=new, old_cipher_keys=[old])
+    app = rotated.application
+    assert (await app.get_person(ann.person_id)).person.identifiers == {PNC}
+    await app.record_identifier(uuid4(), ann.person_id, NOMS)  # Ann's stream: both keys
+    bob = await register(app, given="Bob")
+    view = await app.get_person(ann.person_id)
+    assert view.person.identifiers == {PNC, NOMS}
+    first, *_, newest = await rotated.store.read_all()
+    ring = rotated.mapper.cipher
+    assert ring.decrypt_with_key(first.state)[0] == fingerprint(old)
+    assert ring.decrypt_with_key(newest.state)[0] == fingerprint(new)
+    await rotated.close()
+
+    for keys, unreadable in (([new, []], 1), ([old, []], bob.position)):
+        with pytest.raises(UnreadableStoreError, match="THROUGHLINE_CIPHER_OLD_KEYS") as refused:
+            await bootstrap(pool, schema=schema, cipher_key=keys[0], old_cipher_keys=keys[1])
+        assert f"cannot read event {unreadable} " in str(refused.value)
+    # The order of the old keys does not matter, nor does a key listed twice.
+    again = await bootstrap(pool, schema=schema, cipher_key=new, old_cipher_keys=[new, old])
+    assert (await again.application.get_person(bob.person_id)).person.name.given_names == "Bob"
+    await again.close()
 
 
 async def test_merges_racing_over_the_same_people_leave_every_identifier_with_one_holder(
