@@ -9,8 +9,8 @@ machine-readable `name=value` lines.
 - RegisterPerson commands/s through gRPC with 16 concurrent clients, next to a gRPC echo
   server's requests/s measured in the same run with the same 16 clients (alternating,
   four times each, with the lowest and highest round's ratio), with the server's, the
-  load client's and PostgreSQL's CPU time per call, and the ratio those allow at most
-  when both loads use every core.
+  load client's and PostgreSQL's CPU time per call, the ratio those allow at most
+  when both loads use every core, and how busy the server's event-loop thread was.
 - Precision and recall at the default threshold on a labelled synthetic set.
 """
 
@@ -152,17 +152,34 @@ async def bench_search(stub, metadata, queries) -> list[float]:
 class Load:
     """A load run's rate, and the CPU each call cost this process (the server under
     test), the load client and the local PostgreSQL server, when it runs on this
-    machine."""
+    machine; and of this process's share, what its event-loop thread used."""
 
     rate: float
     server_cpu_ms: float
     client_cpu_ms: float
     database_cpu_ms: float | None
+    loop_cpu_ms: float = 0.0
+    loop_runnable_ms: float | None = None
 
     @property
     def machine_cpu_ms(self) -> float:
         """CPU per call on the whole machine: server, client and PostgreSQL."""
         return self.server_cpu_ms + self.client_cpu_ms + (self.database_cpu_ms or 0.0)
+
+    @property
+    def loop_busy(self) -> float:
+        """The share of the time the server's event-loop thread was on a CPU. grpc.aio
+        serves every call on that one thread: near 1, it is the limit; well below 1, the
+        calls spend their time waiting (on PostgreSQL, the write window, the client)."""
+        return self.loop_cpu_ms * self.rate / 1000
+
+    @property
+    def loop_runnable(self) -> float | None:
+        """The share of the time that thread was ready to run but waited for a CPU (the
+        machine's cores all busy); None where Linux's schedstat is not available."""
+        if self.loop_runnable_ms is None:
+            return None
+        return self.loop_runnable_ms * self.rate / 1000
 
 
 def postgres_cpu_seconds() -> float | None:
@@ -181,13 +198,28 @@ def postgres_cpu_seconds() -> float | None:
     return total / os.sysconf("SC_CLK_TCK") if found else None
 
 
+def runqueue_seconds() -> float | None:
+    """Time the calling thread has spent ready to run but waiting for a CPU (Linux's
+    /proc/thread-self/schedstat; None elsewhere)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def mean_or_none(values: list[float | None]) -> float | None:
+    return None if None in values else statistics.fmean(values)  # type: ignore[arg-type]
+
+
 def mean_load(loads: list[Load]) -> Load:
-    databases = [load.database_cpu_ms for load in loads]
     return Load(
         statistics.fmean(load.rate for load in loads),
         statistics.fmean(load.server_cpu_ms for load in loads),
         statistics.fmean(load.client_cpu_ms for load in loads),
-        None if None in databases else statistics.fmean(databases),  # type: ignore[arg-type]
+        mean_or_none([load.database_cpu_ms for load in loads]),
+        statistics.fmean(load.loop_cpu_ms for load in loads),
+        mean_or_none([load.loop_runnable_ms for load in loads]),
     )
 
 
@@ -196,7 +228,9 @@ async def load_from_another_process(
 ) -> Load:
     """Drives `port` from a separate client process (bench/load_client.py), so client and
     server do not share a core; the echo baseline is driven the same way."""
+    # This coroutine runs on the event loop's thread, so thread_time() is that thread's.
     cpu_before, database_before = time.process_time(), postgres_cpu_seconds()
+    loop_before, runnable_before = time.thread_time(), runqueue_seconds()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -218,6 +252,7 @@ async def load_from_another_process(
     if process.returncode != 0:
         raise RuntimeError(f"load client failed: {output.decode()}")
     cpu, database_after = time.process_time() - cpu_before, postgres_cpu_seconds()
+    loop_cpu, runnable_after = time.thread_time() - loop_before, runqueue_seconds()
     figures = dict(pair.split("=") for pair in output.decode().split())
     calls = int(figures["calls"])
     database_ms = (
@@ -225,7 +260,16 @@ async def load_from_another_process(
         if database_before is not None and database_after is not None
         else None
     )
-    return Load(float(figures["rate"]), cpu / calls * 1000, float(figures["cpu_ms"]), database_ms)
+    return Load(
+        float(figures["rate"]),
+        cpu / calls * 1000,
+        float(figures["cpu_ms"]),
+        database_ms,
+        loop_cpu / calls * 1000,
+        (runnable_after - runnable_before) / calls * 1000
+        if runnable_before is not None and runnable_after is not None
+        else None,
+    )
 
 
 async def bench_echo() -> Load:
@@ -400,6 +444,16 @@ async def run(dsn: str) -> None:
         ("server CPU per echo call (ms)", echo.server_cpu_ms, "all threads"),
         ("server CPU per RegisterPerson (ms)", register.server_cpu_ms, "all threads"),
     ]
+    for name, run_ in (("echo", echo), ("RegisterPerson", register)):
+        rows.append((f"server event loop on a CPU, {name} (%)", run_.loop_busy * 100, ""))
+        if run_.loop_runnable is not None:
+            rows.append(
+                (
+                    f"server event loop waiting for a CPU, {name} (%)",
+                    run_.loop_runnable * 100,
+                    "the rest: idle",
+                )
+            )
     if register.database_cpu_ms is not None:
         rows.append(("PostgreSQL CPU per RegisterPerson (ms)", register.database_cpu_ms, ""))
     # When both loads keep every core busy, their rates cannot differ by more than their
@@ -429,6 +483,9 @@ async def run(dsn: str) -> None:
     print(f"register_vs_echo_highest_round={alternation.highest:.2f}")
     print(f"register_vs_echo={alternation.ratio:.2f}")
     print(f"register_vs_echo_cpu_ceiling={ceiling:.2f}")
+    print(f"register_loop_busy={register.loop_busy:.2f}")
+    if register.loop_runnable is not None:
+        print(f"register_loop_waiting_for_cpu={register.loop_runnable:.2f}")
     print(f"match_precision={precision:.3f}")
     print(f"match_recall={recall:.3f}")
 

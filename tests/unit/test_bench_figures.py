@@ -30,6 +30,22 @@ def test_an_alternation_pairs_each_round_with_the_echo_run_just_before_it():
     assert alternation.ratio == pytest.approx(0.4)
 
 
+def test_the_event_loop_share_is_its_cpu_per_call_times_the_rate():
+    """0.3 ms of the loop thread per call at 2,500 calls/s: busy 75% of the time."""
+    assert Load(2500, 0.4, 0.1, None, loop_cpu_ms=0.3).loop_busy == pytest.approx(0.75)
+    both = Alternation.of(
+        [load(7000), load(7000)],
+        [Load(2000, 0.4, 0.1, 0.1, loop_cpu_ms=0.3), Load(2000, 0.4, 0.1, 0.1, 0.4)],
+    )
+    assert both.register.loop_cpu_ms == pytest.approx(0.35)
+    assert both.register.loop_busy == pytest.approx(0.7)
+    # Time waiting for a CPU is known only where every round could read it.
+    assert both.register.loop_runnable is None
+    waited = Load(2000, 0.4, 0.1, None, loop_cpu_ms=0.3, loop_runnable_ms=0.05)
+    assert waited.loop_runnable == pytest.approx(0.1)
+    assert Alternation.of([load(7000)], [waited]).register.loop_runnable == pytest.approx(0.1)
+
+
 def test_an_alternation_refuses_rounds_that_do_not_pair_up():
     with pytest.raises(ValueError):
         Alternation.of([load(2000), load(3000)], [load(800)])
