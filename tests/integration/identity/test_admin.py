@@ -455,6 +455,13 @@ async def test_keys_says_which_cipher_key_each_event_needs_and_which_none_reads(
         [fingerprint(new), "current", "1", "3..3"],
         ["read by none", "2", "1, 2"],
     ]
+    # Without any key, no encrypted event reads.
+    status, rows = await keys("")
+    assert status == 1
+    assert cells(rows) == [
+        ["none", "no key set", "0", "no events"],
+        ["read by none", "3", "1, 2, 3"],
+    ]
     # A key no event needs shows as such: it may be dropped.
     spare = AESCipher.create_key(32)
     status, rows = await keys(new, old, spare)
