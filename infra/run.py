@@ -19,13 +19,20 @@ HEALTH_TIMEOUT_SECONDS = 60.0
 STOP_GRACE_SECONDS = 10.0
 
 
+class StartError(Exception):
+    """A service exited, or never answered its health check, while starting."""
+
+
 async def wait_healthy(spec: ServiceSpec, process: asyncio.subprocess.Process) -> None:
     deadline = asyncio.get_running_loop().time() + HEALTH_TIMEOUT_SECONDS
     async with grpc.aio.insecure_channel(f"127.0.0.1:{spec.port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             if process.returncode is not None:
-                raise RuntimeError(f"{spec.name} exited with code {process.returncode}")
+                raise StartError(
+                    f"{spec.name} exited with code {process.returncode} while starting "
+                    f"(its log above says why)"
+                )
             try:
                 reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -33,7 +40,7 @@ async def wait_healthy(spec: ServiceSpec, process: asyncio.subprocess.Process) -
             except grpc.aio.AioRpcError:
                 pass
             if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"{spec.name} did not become healthy on port {spec.port}")
+                raise StartError(f"{spec.name} did not become healthy on port {spec.port}")
             await asyncio.sleep(0.2)
 
 
@@ -83,6 +90,9 @@ async def main() -> int:
             print("a service exited; stopping the others", file=sys.stderr, flush=True)
             return 1
         return 0
+    except StartError as error:
+        print(f"{error}; stopping the others", file=sys.stderr, flush=True)
+        return 1
     finally:
         await stop_all(processes)
         print("stopped", flush=True)

@@ -62,3 +62,27 @@ async def test_the_identity_service_will_not_start_with_a_malformed_cipher_key(
     _, stderr = await asyncio.wait_for(service.communicate(), 60)
     assert service.returncode == 2
     assert "not starting: THROUGHLINE_CIPHER_KEY: a cipher key must be base64" in stderr.decode()
+
+
+async def test_the_runner_says_which_service_failed_to_start_and_exits_1(test_database_url):
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": test_database_url,
+        "THROUGHLINE_SERVICES": f"identity=services.identity:{port}",
+        "THROUGHLINE_CIPHER_KEY": "not a key",
+        "THROUGHLINE_CIPHER_OLD_KEYS": "",
+    }
+    runner = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "infra.run"],
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(runner.communicate(), HEALTH_TIMEOUT_SECONDS)
+    assert runner.returncode == 1
+    errors = err.decode()
+    assert "not starting: THROUGHLINE_CIPHER_KEY" in errors  # the service's own words
+    assert "identity exited with code 2 while starting" in errors
+    assert "Traceback" not in errors
+    assert out.decode().splitlines()[-1] == "stopped"
