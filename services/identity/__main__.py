@@ -10,8 +10,7 @@ import sys
 
 from libs.chassis.auth import TokenVerifier, load_secret
 from libs.chassis.server import serve_until_signalled
-from libs.eventstore import UnreadableStoreError, create_pool
-from libs.eventstore.keyring import KeyRingError
+from libs.eventstore import KeyRingError, UnreadableStoreError, create_pool
 from services.identity.bootstrap import bootstrap
 from services.identity.grpc_api import build_server
 
