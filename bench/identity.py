@@ -208,6 +208,11 @@ def runqueue_seconds() -> float | None:
         return None
 
 
+def per_call_ms(before: float | None, after: float | None, calls: int) -> float | None:
+    """Milliseconds per call between two readings in seconds; None if either is missing."""
+    return None if before is None or after is None else (after - before) / calls * 1000
+
+
 def mean_or_none(values: list[float | None]) -> float | None:
     return None if None in values else statistics.fmean(values)  # type: ignore[arg-type]
 
@@ -255,20 +260,13 @@ async def load_from_another_process(
     loop_cpu, runnable_after = time.thread_time() - loop_before, runqueue_seconds()
     figures = dict(pair.split("=") for pair in output.decode().split())
     calls = int(figures["calls"])
-    database_ms = (
-        (database_after - database_before) / calls * 1000
-        if database_before is not None and database_after is not None
-        else None
-    )
     return Load(
         float(figures["rate"]),
         cpu / calls * 1000,
         float(figures["cpu_ms"]),
-        database_ms,
+        per_call_ms(database_before, database_after, calls),
         loop_cpu / calls * 1000,
-        (runnable_after - runnable_before) / calls * 1000
-        if runnable_before is not None and runnable_after is not None
-        else None,
+        per_call_ms(runnable_before, runnable_after, calls),
     )
 
 

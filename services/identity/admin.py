@@ -296,9 +296,7 @@ async def keys(identity: Identity) -> int:
     usage = await key_usage(identity.store, identity.mapper, progress=Progress("events read"))
     rows: list[list[Any]] = []
     for n, use in enumerate(usage.keys):
-        role = "current" if n == 0 else f"old {n}"
-        if use.key == UNENCRYPTED:
-            role = "no key set"
+        role = "no key set" if use.key == UNENCRYPTED else "current" if n == 0 else f"old {n}"
         where = f"{use.first_position:,}..{use.last_position:,}" if use.events else "no events"
         rows.append([use.key, role, use.events, where])
     if usage.unreadable:

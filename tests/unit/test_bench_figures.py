@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from bench.identity import Alternation, Load
+from bench.identity import Alternation, Load, per_call_ms
 from bench.identity_tuning import Setting, ms_list
 
 
@@ -61,3 +61,11 @@ def test_settings_are_read_as_milliseconds_and_named_by_them():
 def test_settings_that_are_not_milliseconds_are_refused(text):
     with pytest.raises(argparse.ArgumentTypeError):
         ms_list(text)
+
+
+def test_a_reading_per_call_is_the_difference_over_the_calls_or_none_if_either_is_missing():
+    """PostgreSQL's CPU and the loop's wait for a CPU are read before and after a run;
+    either reading is missing where PostgreSQL is remote or Linux's schedstat absent."""
+    assert per_call_ms(10.0, 12.5, 5000) == pytest.approx(0.5)
+    assert per_call_ms(None, 12.5, 5000) is None
+    assert per_call_ms(10.0, None, 5000) is None
