@@ -4,6 +4,7 @@ health, reflection, authentication, roles and error details, called over real ch
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from datetime import date
 from uuid import UUID, uuid4
@@ -18,7 +19,7 @@ from throughline.feed.v1 import feed_pb2, feed_pb2_grpc
 
 from libs.chassis.auth import AccessPolicy, TokenVerifier
 from libs.chassis.feed import EventFeedServicer, TranslatedEvent
-from libs.chassis.server import Registration, Server
+from libs.chassis.server import GC_YOUNG_THRESHOLD, Registration, Server, collect_less_often
 from libs.domain.errors import (
     AlreadyExistsError,
     InvalidFieldError,
@@ -348,3 +349,26 @@ async def test_feed_arguments_are_validated_with_the_field_named(server):
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     violations = details_of(raised.value)["BadRequest"].field_violations
     assert [v.field for v in violations] == ["after", "limit"]
+
+
+@pytest.fixture
+def gc_threshold():
+    saved = gc.get_threshold()
+    yield
+    gc.set_threshold(*saved)
+
+
+async def test_a_started_server_collects_young_objects_less_often(gc_threshold):
+    gc.set_threshold(700, 10, 10)  # CPython's default
+    server = Server("empty", [], verifier=TokenVerifier(SECRET), policy=AccessPolicy())
+    await server.start()
+    try:
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, 10, 10)
+    finally:
+        await server.stop(0)
+
+
+def test_a_higher_young_threshold_is_kept(gc_threshold):
+    gc.set_threshold(50_000, 20, 30)
+    collect_less_often()
+    assert gc.get_threshold() == (50_000, 20, 30)
