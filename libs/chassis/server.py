@@ -1,6 +1,6 @@
 """Builds and runs a service's grpc.aio server: its servicers, the event feed, the standard
 health service and server reflection, behind tracing and the request interceptor, with a
-graceful stop."""
+graceful stop; and sets the process's garbage collector for serving."""
 
 from __future__ import annotations
 
