@@ -10,7 +10,8 @@ machine-readable `name=value` lines.
   server's requests/s measured in the same run with the same 16 clients (alternating,
   four times each, with the lowest and highest round's ratio), with the server's, the
   load client's and PostgreSQL's CPU time per call, the ratio those allow at most
-  when both loads use every core, and how busy the server's event-loop thread was.
+  when both loads use every core, and how busy the server's event-loop thread was;
+  and, timed just before, how fast a plain Python loop runs on this machine now.
 - Precision and recall at the default threshold on a labelled synthetic set.
 """
 
@@ -23,6 +24,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import uuid4
@@ -53,6 +55,7 @@ DURATION = float(os.environ.get("BENCH_SECONDS", "5"))
 # within minutes (the speed of a shared machine drifts): four rounds, and the spread shown.
 ROUNDS = 4
 CHUNK = 2000
+REFERENCE_ITERATIONS = 2_000_000
 SECRET = "bench-secret-long-enough-for-hs256-signing"
 
 
@@ -183,6 +186,26 @@ class Load:
         if self.loop_runnable_ms is None:
             return None
         return self.loop_runnable_ms * self.rate / 1000
+
+
+def python_loop_ns(
+    iterations: int = REFERENCE_ITERATIONS,
+    repeats: int = 3,
+    *,
+    timer: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Nanoseconds per addition in a plain Python loop, the fastest of `repeats`: how fast
+    this machine runs the interpreter at the time. It has drifted by a factor of two
+    between sessions, and RegisterPerson is mostly interpreted Python where echo is mostly
+    gRPC's C core, so register_vs_echo moves with it."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = timer()
+        total = 0
+        for n in range(iterations):
+            total += n
+        best = min(best, timer() - started)
+    return best / iterations * 1e9
 
 
 def postgres_cpu_seconds() -> float | None:
@@ -406,6 +429,7 @@ async def run(dsn: str) -> None:
             stub = identity_pb2_grpc.IdentityServiceStub(channel)
             progress(f"{QUERIES:,} searches against {PEOPLE:,} people")
             latencies = await bench_search(stub, metadata, queries)
+        loop_ns = python_loop_ns()
         alternation = await register_next_to_echo(
             port, verifier.mint("bench", ["identity.write"]), first=50_000_000
         )
@@ -470,6 +494,7 @@ async def run(dsn: str) -> None:
             "server + client + PostgreSQL",
         ),
         ("register_vs_echo if both used every core", ceiling, f"{os.cpu_count()} cores"),
+        ("plain Python loop (ns per addition)", loop_ns, "this machine's speed now"),
     ]
     for label, value, note in rows:
         print(f"{label:<58}{value:>14,.3f}  {note}")
@@ -485,6 +510,7 @@ async def run(dsn: str) -> None:
     print(f"register_loop_busy={register.loop_busy:.2f}")
     if register.loop_runnable is not None:
         print(f"register_loop_waiting_for_cpu={register.loop_runnable:.2f}")
+    print(f"python_loop_ns={loop_ns:.1f}")
     # The issue's four figures last, in its order.
     print(f"search_p99_ms={quantiles[98]:.2f}")
     print(f"match_precision={precision:.3f}")

@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from bench.identity import Alternation, Load, per_call_ms
+from bench.identity import Alternation, Load, per_call_ms, python_loop_ns
 from bench.identity_tuning import Setting, ms_list
 
 
@@ -69,3 +69,10 @@ def test_a_reading_per_call_is_the_difference_over_the_calls_or_none_if_either_i
     assert per_call_ms(10.0, 12.5, 5000) == pytest.approx(0.5)
     assert per_call_ms(None, 12.5, 5000) is None
     assert per_call_ms(10.0, None, 5000) is None
+
+
+def test_the_machine_speed_reading_is_the_fastest_repeat_per_addition():
+    """Three repeats of 10 additions take 2 s, 1 s and 3 s: the fastest gives 1e8 ns each."""
+    readings = iter([0.0, 2.0, 10.0, 11.0, 20.0, 23.0])
+    assert python_loop_ns(10, 3, timer=lambda: next(readings)) == pytest.approx(1e8)
+    assert 0 < python_loop_ns(1000, 1) < 1e6
