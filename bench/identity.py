@@ -39,6 +39,7 @@ from bench.load_client import noms_value
 from infra.postgres import scratch_database
 from libs.chassis.auth import TokenVerifier
 from libs.eventstore import create_pool
+from libs.eventstore.recorder import quote_schema
 from services.identity.bootstrap import bootstrap
 from services.identity.domain import IdentifierClaim, Person
 from services.identity.grpc_api import build_server
@@ -97,9 +98,10 @@ async def load(identity, people) -> tuple[float, float]:
     # What autovacuum would do after a bulk load, done now rather than in the middle of
     # the timed runs: statistics for the planner, and the inserted rows vacuumed (by
     # default PostgreSQL vacuums a table after inserts of a fifth of its size).
+    schema = quote_schema(identity.store.schema)
     for table in ("stored_events", *SEARCH_TABLES):
         progress(f"VACUUM ANALYZE {table}")
-        await identity.store.pool.execute(f'VACUUM ANALYZE "{identity.store.schema}".{table}')
+        await identity.store.pool.execute(f"VACUUM ANALYZE {schema}.{table}")
     return append_rate, index_rate
 
 

@@ -1,5 +1,6 @@
-"""The arithmetic behind the benchmarks' RegisterPerson-over-echo figures, and the tuning
-bench's reading of its settings: a slip here would misreport every run."""
+"""The arithmetic behind the benchmarks' RegisterPerson-over-echo figures, their reading of
+the machine's Python speed, and the tuning bench's reading of its settings: a slip here
+would misreport every run."""
 
 from __future__ import annotations
 
