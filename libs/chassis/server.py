@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from throughline.feed.v1 import feed_pb2, feed_pb2_grpc
 
 from libs.chassis.auth import AccessPolicy, TokenVerifier
@@ -39,6 +39,31 @@ def collect_less_often() -> None:
     """Raises the young-generation threshold to GC_YOUNG_THRESHOLD, unless it is higher."""
     young, *older = gc.get_threshold()
     gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), *older)
+
+
+class GenericHandlersOnly:
+    """The server as generated `add_*_to_server` functions see it: each adds its service
+    twice, as a generic handler and as registered methods, and this keeps only the
+    generic handler, which serves every method the same way.
+
+    grpc.aio (1.85) waits for the next call on one future per registered method, with an
+    `asyncio.wait` over all of them each time a call arrives. For the identity server
+    (23 registered methods with the feed, health and reflection) that cost its event
+    loop about 30 microseconds per RegisterPerson, 5% (six alternating rounds of 16
+    clients, 528 against 558 microseconds of loop CPU per command); for an echo server,
+    25 registered methods cost about 10 microseconds a call. Generic handlers find a
+    method with a dictionary look-up per service instead."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        """Not added: the generic handler added just before serves these methods."""
 
 
 @dataclass(frozen=True)
@@ -81,11 +106,17 @@ class Server:
 
     async def start(self, address: str = "127.0.0.1:0") -> int:
         collect_less_often()
+        generic_only: Any = GenericHandlersOnly(self._server)
         for registration in self._registrations:
-            registration.add(registration.servicer, self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+            registration.add(registration.servicer, generic_only)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, generic_only)
+        # What reflection.enable_server_reflection does for a grpc.aio server, which it
+        # recognises by type (and so would not recognise through the adapter).
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(
+                [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+            ),
+            generic_only,
         )
         self.port = self._server.add_insecure_port(address)
         await self._server.start()

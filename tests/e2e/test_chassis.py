@@ -372,3 +372,38 @@ def test_a_higher_young_threshold_is_kept(gc_threshold):
     gc.set_threshold(50_000, 20, 30)
     collect_less_often()
     assert gc.get_threshold() == (50_000, 20, 30)
+
+
+async def test_services_are_served_through_generic_handlers_alone(store, monkeypatch):
+    # Registered methods would make grpc.aio wait on one future per method after every
+    # call (see GenericHandlersOnly); the feed, health and reflection must be added
+    # without them and still answer.
+    registered: list[str] = []
+    server = Server(
+        "notes",
+        [],
+        verifier=TokenVerifier(SECRET),
+        policy=AccessPolicy({"/throughline.feed.v1.EventFeedService/": frozenset({"feed.read"})}),
+        feed=EventFeedServicer(store, translate_with(create_mapper(cipher_key=""))),
+    )
+    monkeypatch.setattr(
+        server._server,
+        "add_registered_method_handlers",
+        lambda service, handlers: registered.append(service),
+    )
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health_check = health_pb2_grpc.HealthStub(channel).Check
+            answer = await health_check(health_pb2.HealthCheckRequest(service=""))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            feed = feed_pb2_grpc.EventFeedServiceStub(channel)
+            token = TokenVerifier(SECRET).mint("alice", ["feed.read"])
+            read = await feed.ReadEvents(
+                feed_pb2.ReadEventsRequest(after=0, limit=1),
+                metadata=(("authorization", f"Bearer {token}"),),
+            )
+            assert list(read.events) == []
+        assert registered == []
+    finally:
+        await server.stop(0)
