@@ -56,14 +56,23 @@ class GenericHandlersOnly:
 
     def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
+        self._services: set[str] = set()
 
     def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
         self._server.add_generic_rpc_handlers(handlers)
+        self._services.update(
+            h.service_name() for h in handlers if isinstance(h, grpc.ServiceRpcHandler)
+        )
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
-        """Not added: the generic handler added just before serves these methods."""
+        """Serves `handlers` through a generic handler, unless one for `service` was
+        added already (as generated code adds it just before)."""
+        if service not in self._services:
+            self.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(service, handlers),)
+            )
 
 
 @dataclass(frozen=True)

@@ -407,3 +407,46 @@ async def test_services_are_served_through_generic_handlers_alone(store, monkeyp
         assert registered == []
     finally:
         await server.stop(0)
+
+
+async def test_a_service_added_only_as_registered_methods_is_still_served():
+    async def echo(request, context):
+        return request
+
+    handlers = {
+        "Echo": grpc.unary_unary_rpc_method_handler(
+            echo,
+            request_deserializer=wrappers_pb2.StringValue.FromString,
+            response_serializer=wrappers_pb2.StringValue.SerializeToString,
+        )
+    }
+    server = Server(
+        "echo",
+        [
+            Registration(
+                "test.EchoService",
+                lambda servicer, srv: srv.add_registered_method_handlers(
+                    "test.EchoService", servicer
+                ),
+                handlers,
+            )
+        ],
+        verifier=TokenVerifier(SECRET),
+        policy=AccessPolicy({"/test.EchoService/": frozenset({"echo"})}),
+    )
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(
+                "/test.EchoService/Echo",
+                request_serializer=wrappers_pb2.StringValue.SerializeToString,
+                response_deserializer=wrappers_pb2.StringValue.FromString,
+            )
+            token = TokenVerifier(SECRET).mint("alice", ["echo"])
+            answer = await call(
+                wrappers_pb2.StringValue(value="hello"),
+                metadata=(("authorization", f"Bearer {token}"),),
+            )
+            assert answer.value == "hello"
+    finally:
+        await server.stop(0)
