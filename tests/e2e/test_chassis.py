@@ -376,8 +376,8 @@ def test_a_higher_young_threshold_is_kept(gc_threshold):
 
 async def test_services_are_served_through_generic_handlers_alone(store, monkeypatch):
     # Registered methods would make grpc.aio wait on one future per method after every
-    # call (see GenericHandlersOnly); the feed, health and reflection must be added
-    # without them and still answer.
+    # call (see GenericHandlersOnly): none are added, and health and the feed still
+    # answer (reflection answers in test_health_and_reflection_answer_without_a_token).
     registered: list[str] = []
     server = Server(
         "notes",
