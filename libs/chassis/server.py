@@ -42,9 +42,10 @@ def collect_less_often() -> None:
 
 
 class GenericHandlersOnly:
-    """The server as generated `add_*_to_server` functions see it: each adds its service
+    """The server as `add_*_to_server` functions see it: generated ones add their service
     twice, as a generic handler and as registered methods, and this keeps only the
-    generic handler, which serves every method the same way.
+    generic handler, which serves every method the same way; a service added only as
+    registered methods is served through a generic handler made for it.
 
     grpc.aio (1.85) waits for the next call on one future per registered method, with an
     `asyncio.wait` over all of them each time a call arrives. For the identity server
@@ -77,7 +78,8 @@ class GenericHandlersOnly:
 
 @dataclass(frozen=True)
 class Registration:
-    """One servicer to serve: its full service name and the generated add function."""
+    """One servicer to serve: its full service name and the generated add function
+    (which `Server.start` calls with a GenericHandlersOnly in place of the server)."""
 
     service_name: str
     add: Callable[[Any, grpc.aio.Server], None]
