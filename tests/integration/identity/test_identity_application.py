@@ -292,6 +292,29 @@ async def test_search_finds_misspelt_swapped_alias_and_mistyped_dates(identity):
     assert any(r.startswith("alias matched") for r in alias[0].match.reasons)
 
 
+async def test_swapped_names_are_found_without_a_date_of_birth_or_with_a_mistyped_one(identity):
+    app = identity.application
+    target = await register(app, given="Martha", family="Kowalski", dob=date(1979, 3, 12))
+    await register(app, given="Kowalski", family="Martha", dob=date(1950, 1, 1))
+    await app.wait_for_index(await identity.store.head_position())
+    swapped = [Name("Kowalski", "Martha")]
+
+    by_name = await app.search_people(names=swapped, date_of_birth=None, identifiers=[])
+    assert target.person_id in [c.person_id for c in by_name]
+    found = next(c for c in by_name if c.person_id == target.person_id)
+    assert found.match.reasons == ("given and family names swapped",)
+
+    mistyped = await app.search_people(
+        names=swapped, date_of_birth=date(1979, 3, 13), identifiers=[]
+    )
+    assert mistyped[0].person_id == target.person_id
+    assert mistyped[0].match.reasons == (
+        "given and family names swapped",
+        "date of birth one digit off",
+    )
+    assert mistyped[0].match.score >= 0.5
+
+
 async def test_twins_are_not_possible_duplicates_and_overrides_are_respected(identity):
     app = identity.application
     twin_a = await register(app, given="Alice", family="Jones", dob=date(1990, 1, 1))
