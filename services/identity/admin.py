@@ -67,7 +67,7 @@ from uuid import UUID
 import asyncpg
 
 from libs.console import Progress, table
-from libs.domain.errors import NotFoundError
+from libs.domain.errors import InvalidFieldError, NotFoundError
 from libs.eventstore import UnreadableStoreError, audit_store, check_readable, create_pool
 from libs.eventstore.context import Actor, current_actor, current_trace_id
 from libs.eventstore.keyring import UNENCRYPTED, KeyRingError, key_usage
@@ -443,13 +443,18 @@ async def search(identity: Identity, arguments: argparse.Namespace) -> int:
         "limit": arguments.limit,
     }
     application = identity.application
+    try:
+        if arguments.known_at is None:
+            found = await application.search_people(**criteria)
+        else:
+            position, found = await application.search_people_as_known_at(
+                arguments.known_at, progress=Progress("events applied"), **criteria
+            )
+    except InvalidFieldError as error:
+        raise UsageError(f"search: {error}") from None
     if arguments.known_at is None:
-        found = await application.search_people(**criteria)
         print("Searched the live index (now):")
     else:
-        position, found = await application.search_people_as_known_at(
-            arguments.known_at, progress=Progress("events applied"), **criteria
-        )
         print(
             f"Searched the index as it stood at {utc(arguments.known_at)} UTC: rebuilt "
             f"from the events up to position {position:,}, the last recorded by then, "

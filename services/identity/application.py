@@ -125,11 +125,19 @@ _ENVELOPE = frozenset(
 def _search_profile(
     names: list[Name], date_of_birth: date | None, identifiers: list[Identifier]
 ) -> Profile:
-    return Profile(
-        names=[NameKey.of(n.given_names, n.family_name) for n in names],
-        date_of_birth=date_of_birth,
-        identifiers=set(identifiers),
-    )
+    keys = [NameKey.of(n.given_names, n.family_name) for n in names]
+    # Blocking finds people by a family name's sound, or by a date of birth: a given
+    # name alone would have to read everyone, and finding no one would tell the caller,
+    # wrongly, that the person is not on the record.
+    if keys and not any(k.family for k in keys) and date_of_birth is None and not identifiers:
+        raise InvalidFieldError(
+            (
+                "name.family_name",
+                "a given name alone is too broad to search by: add the family name, "
+                "a date of birth or an identifier",
+            )
+        )
+    return Profile(names=keys, date_of_birth=date_of_birth, identifiers=set(identifiers))
 
 
 def _shown_in_view(view: PersonView) -> list[UUID]:

@@ -190,9 +190,11 @@ class SearchIndex:
         self._clear = [f"TRUNCATE {', '.join(f'{s}.{table}' for table in TABLES)}"]
         # One round trip: block, then load each candidate with its names and identifiers.
         # Blocks: a shared identifier; the date of birth with a name's prefix (either
-        # name, so swapped names are found too); the surname's sound with the date or one
-        # of its typing slips; and without a date, both names' sounds. The last two also
-        # read the query's names swapped (its given name as the family name).
+        # name, so swapped names are found too); the family name's sound with the date or
+        # one of its typing slips (the given name's, when the query gives no family
+        # name); without a date, both names' sounds, or the family name's alone when
+        # that is all the query gives. Sounds are also read with the query's names
+        # swapped (its given name as the family name). A date alone must be exact.
         self._search = f"""
             WITH blocked AS (
                 (SELECT person_id FROM {s}.search_identifier
@@ -213,8 +215,18 @@ class SearchIndex:
                   LIMIT {CANDIDATE_LIMIT})
                 UNION
                 (SELECT person_id FROM {s}.search_name
+                  WHERE cardinality($5::text[]) = 0 AND given_phonetic = ANY($7::text[])
+                    AND date_of_birth = ANY($6::date[])
+                  LIMIT {CANDIDATE_LIMIT})
+                UNION
+                (SELECT person_id FROM {s}.search_name
                   WHERE $3::date IS NULL AND family_phonetic = ANY($5::text[])
                     AND given_phonetic = ANY($7::text[])
+                  LIMIT {CANDIDATE_LIMIT})
+                UNION
+                (SELECT person_id FROM {s}.search_name
+                  WHERE $3::date IS NULL AND cardinality($7::text[]) = 0
+                    AND family_phonetic = ANY($5::text[])
                   LIMIT {CANDIDATE_LIMIT})
                 UNION
                 (SELECT person_id FROM {s}.search_name

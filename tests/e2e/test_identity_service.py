@@ -422,6 +422,29 @@ async def test_an_empty_search_is_invalid(client):
     assert violations_of(error)[0][0] == "limit"
 
 
+async def test_a_given_name_alone_is_too_broad_to_search_by(client):
+    error = await failure(
+        client.SearchPeople(pb.SearchPeopleRequest(name=pb.Name(given_names="Ann")))
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations_of(error) == [
+        (
+            "name.family_name",
+            "a given name alone is too broad to search by: add the family name, a date of "
+            "birth or an identifier",
+        )
+    ]
+    written = await client.RegisterPerson(registration(given="Ann"))
+    found = await client.SearchPeople(
+        pb.SearchPeopleRequest(
+            name=pb.Name(given_names="Ann"),
+            date_of_birth=Date(year=1980, month=5, day=17),
+            min_position=written.position,
+        )
+    )
+    assert written.person_id in [c.person_id for c in found.candidates]
+
+
 async def test_a_search_for_a_position_not_yet_written_is_refused_at_once(client):
     written = await client.RegisterPerson(registration())
     request = pb.SearchPeopleRequest(

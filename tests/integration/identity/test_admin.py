@@ -174,6 +174,9 @@ async def test_a_search_is_answered_as_it_would_have_been_at_a_past_moment(
     assert str(first.person_id) in out and str(later.person_id) not in out
     with pytest.raises(SystemExit):
         parse_arguments(["search", "--known-at", "2026-11-01T09:00:00Z"])  # no criteria
+    given_only = ["--schema", identity.store.schema, "search", "--given-names", "Anne"]
+    with pytest.raises(UsageError, match="a given name alone is too broad to search by"):
+        await run(parse_arguments(given_only), test_database_url)
 
 
 async def test_a_verification_that_was_killed_leaves_nothing_behind_for_long(identity, pool):

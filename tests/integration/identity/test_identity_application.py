@@ -315,6 +315,31 @@ async def test_swapped_names_are_found_without_a_date_of_birth_or_with_a_mistype
     assert mistyped[0].match.score >= 0.5
 
 
+async def test_a_search_by_one_part_of_a_name_finds_the_person(identity):
+    app = identity.application
+    target = await register(app, given="Martha", family="Kowalski", dob=date(1979, 3, 12))
+    await register(app, given="Martha", family="Unrelated", dob=date(1950, 6, 1))
+    await app.wait_for_index(await identity.store.head_position())
+
+    async def found(names, dob):
+        candidates = await app.search_people(names=names, date_of_birth=dob, identifiers=[])
+        return {c.person_id: c.match.reasons for c in candidates}
+
+    # The family name alone, without a date of birth: found by its sound.
+    assert (await found([Name("", "Kowalsky")], None)) == {
+        target.person_id: ("family name Jaro-Winkler 0.95",)
+    }
+    # The given name with a date of birth one digit off.
+    assert (await found([Name("Martha", "")], date(1979, 3, 13))) == {
+        target.person_id: ("given name exact", "date of birth one digit off")
+    }
+    # A given name alone would read everyone; finding no one would wrongly say the
+    # person is not on the record.
+    with pytest.raises(InvalidFieldError) as raised:
+        await found([Name("Martha", "")], None)
+    assert raised.value.violations[0][0] == "name.family_name"
+
+
 async def test_twins_are_not_possible_duplicates_and_overrides_are_respected(identity):
     app = identity.application
     twin_a = await register(app, given="Alice", family="Jones", dob=date(1990, 1, 1))
