@@ -37,6 +37,11 @@ from services.identity.matching import (
 SQL = Path(__file__).parent / "sql" / "search_index.sql"
 PROJECTION_NAME = "identity_search"
 CANDIDATE_LIMIT = 500
+# A family name alone, with no date of birth, can sound like tens of thousands of people.
+# A rare name's bearers are all found; for a common one, reading 500 rather than 100 would
+# triple the search's time (measured over a million people) and still show an arbitrary
+# few of them, all scored alike: the caller has to narrow the search either way.
+BROAD_CANDIDATE_LIMIT = 100
 TABLES = ("search_person", "search_name", "search_identifier")
 
 
@@ -227,7 +232,7 @@ class SearchIndex:
                 (SELECT person_id FROM {s}.search_name
                   WHERE $3::date IS NULL AND cardinality($7::text[]) = 0
                     AND family_phonetic = ANY($5::text[])
-                  LIMIT {CANDIDATE_LIMIT})
+                  LIMIT {BROAD_CANDIDATE_LIMIT})
                 UNION
                 (SELECT person_id FROM {s}.search_name
                   WHERE $3::date IS NULL AND family_phonetic = ANY($7::text[])
