@@ -211,12 +211,10 @@ class SearchIndex:
                   LIMIT {CANDIDATE_LIMIT})
                 UNION
                 (SELECT person_id FROM {s}.search_name
-                  WHERE family_phonetic = ANY($5::text[]) AND date_of_birth = ANY($6::date[])
-                  LIMIT {CANDIDATE_LIMIT})
-                UNION
-                (SELECT person_id FROM {s}.search_name
-                  WHERE family_phonetic = ANY($7::text[]) AND given_phonetic = ANY($5::text[])
-                    AND date_of_birth = ANY($6::date[])
+                  WHERE date_of_birth = ANY($6::date[])
+                    AND (family_phonetic = ANY($5::text[])
+                         OR (family_phonetic = ANY($7::text[])
+                             AND given_phonetic = ANY($5::text[])))
                   LIMIT {CANDIDATE_LIMIT})
                 UNION
                 (SELECT person_id FROM {s}.search_name
@@ -225,19 +223,17 @@ class SearchIndex:
                   LIMIT {CANDIDATE_LIMIT})
                 UNION
                 (SELECT person_id FROM {s}.search_name
-                  WHERE $3::date IS NULL AND family_phonetic = ANY($5::text[])
-                    AND given_phonetic = ANY($7::text[])
+                  WHERE $3::date IS NULL
+                    AND ((family_phonetic = ANY($5::text[])
+                          AND given_phonetic = ANY($7::text[]))
+                         OR (family_phonetic = ANY($7::text[])
+                             AND given_phonetic = ANY($5::text[])))
                   LIMIT {CANDIDATE_LIMIT})
                 UNION
                 (SELECT person_id FROM {s}.search_name
                   WHERE $3::date IS NULL AND cardinality($7::text[]) = 0
                     AND family_phonetic = ANY($5::text[])
                   LIMIT {BROAD_CANDIDATE_LIMIT})
-                UNION
-                (SELECT person_id FROM {s}.search_name
-                  WHERE $3::date IS NULL AND family_phonetic = ANY($7::text[])
-                    AND given_phonetic = ANY($5::text[])
-                  LIMIT {CANDIDATE_LIMIT})
                 UNION
                 (SELECT person_id FROM {s}.search_name
                   WHERE $3::date IS NOT NULL AND cardinality($5::text[]) = 0
