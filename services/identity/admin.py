@@ -460,24 +460,29 @@ async def search(identity: Identity, arguments: argparse.Namespace) -> int:
             f"from the events up to position {position:,}, the last recorded by then, "
             f"and scored by today's matching rules."
         )
-    if not found:
-        print("No candidates.")
-        return 0
-    print(
-        table(
-            ["person", "name", "date of birth", "score", "why"],
-            [
+    if found.candidates:
+        print(
+            table(
+                ["person", "name", "date of birth", "score", "why"],
                 [
-                    c.person_id,
-                    f"{c.given_names} {c.family_name}",
-                    c.date_of_birth.isoformat(),
-                    f"{c.match.score:.2f}",
-                    "; ".join(c.match.reasons),
-                ]
-                for c in found
-            ],
+                    [
+                        c.person_id,
+                        f"{c.given_names} {c.family_name}",
+                        c.date_of_birth.isoformat(),
+                        f"{c.match.score:.2f}",
+                        "; ".join(c.match.reasons),
+                    ]
+                    for c in found.candidates
+                ],
+            )
         )
-    )
+    else:
+        print("No candidates.")
+    if found.incomplete:
+        print(
+            "More people share a blocking key than a search reads: some who match may be "
+            "missing. Narrow the search (the other name, a date of birth, an identifier)."
+        )
     return 0
 
 

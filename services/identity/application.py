@@ -47,6 +47,7 @@ from services.identity.matching import DEFAULT_THRESHOLD, NameKey, Profile
 from services.identity.search_index import (
     PROJECTION_NAME,
     Candidate,
+    Found,
     IndexCounts,
     SearchIndex,
 )
@@ -146,6 +147,10 @@ def _shown_in_view(view: PersonView) -> list[UUID]:
 
 def _shown_in_candidates(candidates: list[Candidate]) -> list[UUID]:
     return [c.person_id for c in candidates]
+
+
+def _shown_in_found(found: Found) -> list[UUID]:
+    return _shown_in_candidates(found.candidates)
 
 
 def _search_asked(
@@ -682,14 +687,14 @@ class IdentityApplication:
         identifiers: list[Identifier],
         limit: int = 10,
         min_position: int = 0,
-    ) -> list[Candidate]:
+    ) -> Found:
         await self.wait_for_index(min_position)
         query = _search_profile(names, date_of_birth, identifiers)
         return await self._consulted(
             "search_people",
             _search_asked(names, date_of_birth, identifiers),
             self.search_index.search(query, limit=limit),
-            _shown_in_candidates,
+            _shown_in_found,
         )
 
     async def search_people_as_known_at(
@@ -701,7 +706,7 @@ class IdentityApplication:
         identifiers: list[Identifier],
         limit: int = 10,
         progress: Callable[[int, int], None] | None = None,
-    ) -> tuple[int, list[Candidate]]:
+    ) -> tuple[int, Found]:
         """What a search made at `known_at` would have found: the search index is rebuilt
         from the events recorded by then, beside the live one, and searched. Returns the
         position it was rebuilt to and the candidates (scored by today's rules). Reads
@@ -714,7 +719,7 @@ class IdentityApplication:
             self.search_index.search_as_at(
                 self.store, position, query, limit=limit, progress=progress
             ),
-            _shown_in_candidates,
+            _shown_in_found,
         )
         return position, found
 
@@ -734,12 +739,10 @@ class IdentityApplication:
             if found is None:
                 raise NotFoundError("person", f"{person_id} (not yet in the search index)")
             profile, not_duplicates = found
-            candidates = await self.search_index.search(
-                profile, limit=limit + len(not_duplicates) + 1
-            )
+            found = await self.search_index.search(profile, limit=limit + len(not_duplicates) + 1)
             return view, [
                 c
-                for c in candidates
+                for c in found.candidates
                 if c.person_id != view.person.id
                 and c.person_id not in not_duplicates
                 and c.match.score >= threshold

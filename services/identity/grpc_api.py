@@ -263,14 +263,16 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         if not names and date_of_birth is None and not identifiers and not v.found:
             v.add("name", "search by at least a name, a date of birth or an identifier")
         v.raise_if_any()
-        candidates = await self.app.search_people(
+        found = await self.app.search_people(
             names=names,
             date_of_birth=date_of_birth,
             identifiers=identifiers,
             limit=limit,
             min_position=min_position,
         )
-        return pb.SearchPeopleResponse(candidates=[candidate_pb(c) for c in candidates])
+        return pb.SearchPeopleResponse(
+            candidates=[candidate_pb(c) for c in found.candidates], incomplete=found.incomplete
+        )
 
     async def ListPossibleDuplicates(self, request, context):
         v = Violations()

@@ -61,6 +61,15 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class Found:
+    """A search's candidates, best first. `incomplete` when a block had more people than
+    it may read, so that some who match may be missing: the search needs narrowing."""
+
+    candidates: list[Candidate]
+    incomplete: bool = False
+
+
+@dataclass(frozen=True)
 class IndexCounts:
     active_people: int
     merged_people: int
@@ -202,51 +211,55 @@ class SearchIndex:
         # swapped (its given name as the family name). A date alone must be exact.
         self._search = f"""
             WITH blocked AS (
-                (SELECT person_id FROM {s}.search_identifier
+                (SELECT person_id, 0 AS block, NULL::int AS most FROM {s}.search_identifier
                   WHERE (type, value) IN (SELECT * FROM unnest($1::text[], $2::text[])))
-                UNION
-                (SELECT person_id FROM {s}.search_name
+                UNION ALL
+                (SELECT person_id, 1, {CANDIDATE_LIMIT} FROM {s}.search_name
                   WHERE $3::date IS NOT NULL AND date_of_birth = $3
                     AND (family_prefix = ANY($4::text[]) OR given_prefix = ANY($4::text[]))
-                  LIMIT {CANDIDATE_LIMIT})
-                UNION
-                (SELECT person_id FROM {s}.search_name
+                  LIMIT {CANDIDATE_LIMIT + 1})
+                UNION ALL
+                (SELECT person_id, 2, {CANDIDATE_LIMIT} FROM {s}.search_name
                   WHERE date_of_birth = ANY($6::date[])
                     AND (family_phonetic = ANY($5::text[])
                          OR (family_phonetic = ANY($7::text[])
                              AND given_phonetic = ANY($5::text[])))
-                  LIMIT {CANDIDATE_LIMIT})
-                UNION
-                (SELECT person_id FROM {s}.search_name
+                  LIMIT {CANDIDATE_LIMIT + 1})
+                UNION ALL
+                (SELECT person_id, 3, {CANDIDATE_LIMIT} FROM {s}.search_name
                   WHERE cardinality($5::text[]) = 0 AND given_phonetic = ANY($7::text[])
                     AND date_of_birth = ANY($6::date[])
-                  LIMIT {CANDIDATE_LIMIT})
-                UNION
-                (SELECT person_id FROM {s}.search_name
+                  LIMIT {CANDIDATE_LIMIT + 1})
+                UNION ALL
+                (SELECT person_id, 4, {CANDIDATE_LIMIT} FROM {s}.search_name
                   WHERE $3::date IS NULL
                     AND ((family_phonetic = ANY($5::text[])
                           AND given_phonetic = ANY($7::text[]))
                          OR (family_phonetic = ANY($7::text[])
                              AND given_phonetic = ANY($5::text[])))
-                  LIMIT {CANDIDATE_LIMIT})
-                UNION
-                (SELECT person_id FROM {s}.search_name
+                  LIMIT {CANDIDATE_LIMIT + 1})
+                UNION ALL
+                (SELECT person_id, 5, {BROAD_CANDIDATE_LIMIT} FROM {s}.search_name
                   WHERE $3::date IS NULL AND cardinality($7::text[]) = 0
                     AND family_phonetic = ANY($5::text[])
-                  LIMIT {BROAD_CANDIDATE_LIMIT})
-                UNION
-                (SELECT person_id FROM {s}.search_name
+                  LIMIT {BROAD_CANDIDATE_LIMIT + 1})
+                UNION ALL
+                (SELECT person_id, 6, {CANDIDATE_LIMIT} FROM {s}.search_name
                   WHERE $3::date IS NOT NULL AND cardinality($5::text[]) = 0
                     AND date_of_birth = $3
-                  LIMIT {CANDIDATE_LIMIT})
+                  LIMIT {CANDIDATE_LIMIT + 1})
             )
             SELECT p.person_id, p.given_names, p.family_name, p.date_of_birth, p.sex,
                    ARRAY(SELECT n.given_norm || '|' || n.family_norm FROM {s}.search_name n
                          WHERE n.person_id = p.person_id ORDER BY n.ordinal) AS names,
                    ARRAY(SELECT i.type || '|' || i.value FROM {s}.search_identifier i
-                         WHERE i.person_id = p.person_id) AS identifiers
-            FROM {s}.search_person p JOIN blocked USING (person_id)
-            WHERE p.status = 'ACTIVE'
+                         WHERE i.person_id = p.person_id) AS identifiers,
+                   -- Each block reads one name more than it may use: finding it, the
+                   -- block has left some unread.
+                   EXISTS (SELECT FROM blocked GROUP BY block, most
+                           HAVING count(*) > most) AS incomplete
+            FROM {s}.search_person p
+            WHERE p.person_id IN (SELECT person_id FROM blocked) AND p.status = 'ACTIVE'
         """
         # The people marked as not this person: marked on it, or on anyone merged into
         # it (directly or through another merge); each followed along its own merges
@@ -338,7 +351,7 @@ class SearchIndex:
         *,
         limit: int = 10,
         progress: Callable[[int, int], None] | None = None,
-    ) -> list[Candidate]:
+    ) -> Found:
         """Searches the index as it stood when `store`'s head was at `position`: rebuilt
         from the events up to there beside the live one, which keeps serving, and dropped
         after (see `projection_as_at`). Candidates are found and scored by today's
@@ -353,7 +366,7 @@ class SearchIndex:
 
     # ------------------------------------------------------------------- queries
 
-    async def search(self, query: Profile, *, limit: int = 10) -> list[Candidate]:
+    async def search(self, query: Profile, *, limit: int = 10) -> Found:
         rows = await self._candidates(query)
         ranked = []
         for row in rows:
@@ -368,7 +381,7 @@ class SearchIndex:
                 )
             )
         ranked.sort(key=lambda c: (-c.match.score, c.family_name, c.given_names, c.person_id))
-        return ranked[:limit]
+        return Found(ranked[:limit], incomplete=bool(rows) and rows[0]["incomplete"])
 
     async def _candidates(self, query: Profile) -> list[asyncpg.Record]:
         identifiers = sorted(query.identifiers)

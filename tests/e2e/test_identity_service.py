@@ -18,6 +18,7 @@ from libs.chassis.auth import TokenVerifier
 from libs.eventstore import create_pool
 from services.identity.bootstrap import bootstrap
 from services.identity.grpc_api import build_server
+from services.identity.search_index import BROAD_CANDIDATE_LIMIT
 from tests.conftest import new_schema_name
 from tests.e2e.rpc_details import details_of, violations_of
 
@@ -443,6 +444,24 @@ async def test_a_given_name_alone_is_too_broad_to_search_by(client):
         )
     )
     assert written.person_id in [c.person_id for c in found.candidates]
+
+
+async def test_a_search_says_when_more_people_match_than_it_reads(client):
+    for n in range(BROAD_CANDIDATE_LIMIT + 1):
+        written = await client.RegisterPerson(
+            registration(given=f"Ann{chr(97 + n // 26)}{chr(97 + n % 26)}", family="Nowak")
+        )
+    broad = await client.SearchPeople(
+        pb.SearchPeopleRequest(name=pb.Name(family_name="Nowak"), min_position=written.position)
+    )
+    assert broad.incomplete and len(broad.candidates) == 10
+    narrow = await client.SearchPeople(
+        pb.SearchPeopleRequest(
+            name=pb.Name(given_names="Annah", family_name="Nowak"),
+            date_of_birth=Date(year=1980, month=5, day=17),
+        )
+    )
+    assert not narrow.incomplete and narrow.candidates[0].name.given_names == "Annah"
 
 
 async def test_a_search_for_a_position_not_yet_written_is_refused_at_once(client):

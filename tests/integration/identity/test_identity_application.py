@@ -23,6 +23,7 @@ from services.identity.application import asked
 from services.identity.bootstrap import bootstrap
 from services.identity.domain import Name, Sex
 from services.identity.identifiers import parse_identifier
+from services.identity.search_index import BROAD_CANDIDATE_LIMIT
 from tests.conftest import new_schema_name
 from tests.unit.identity.test_person import ALIREZA
 
@@ -187,10 +188,10 @@ async def test_a_retired_alias_is_no_longer_matched(identity):
     person = await register(app, given="Martha", family="Kowalski", aliases=[Name("Zed", "Quill")])
     await app.wait_for_index(person.position)
     by_alias = {"names": [Name("Zed", "Quill")], "date_of_birth": None, "identifiers": []}
-    found = await app.search_people(**by_alias)
+    found = (await app.search_people(**by_alias)).candidates
     assert [c.person_id for c in found] == [person.person_id]
     retired = await app.retire_alias(uuid4(), person.person_id, Name("Zed", "Quill"), "error")
-    assert await app.search_people(**by_alias, min_position=retired.position) == []
+    assert (await app.search_people(**by_alias, min_position=retired.position)).candidates == []
     corrected = await app.correct_sex(uuid4(), person.person_id, Sex.MALE, "keyed in error")
     assert (await app.get_person(person.person_id)).person.sex is Sex.MALE
     await app.wait_for_index(corrected.position)
@@ -201,15 +202,17 @@ async def test_a_retired_alias_is_no_longer_matched(identity):
 async def test_search_sees_a_write_when_asked_for_its_position(identity):
     app = identity.application
     written = await register(app, given="Zoë", family="O'Brien-Łukasz", ids=[PNC])
-    found = await app.search_people(
-        names=[Name("Zoe", "OBrien Lukasz")],
-        date_of_birth=date(1980, 5, 17),
-        identifiers=[],
-        min_position=written.position,
-    )
+    found = (
+        await app.search_people(
+            names=[Name("Zoe", "OBrien Lukasz")],
+            date_of_birth=date(1980, 5, 17),
+            identifiers=[],
+            min_position=written.position,
+        )
+    ).candidates
     assert found[0].person_id == written.person_id
     assert found[0].match.score > 0.9
-    by_pnc = await app.search_people(names=[], date_of_birth=None, identifiers=[PNC])
+    by_pnc = (await app.search_people(names=[], date_of_birth=None, identifiers=[PNC])).candidates
     assert by_pnc[0].person_id == written.person_id and "exact PNC" in by_pnc[0].match.reasons
 
 
@@ -249,13 +252,15 @@ async def test_names_in_other_scripts_are_stored_as_given_and_found(identity):
         "Persian": ([Name("علیرضا", "محمدی")], date(1988, 3, 21)),  # typed without the joiner
     }
     for script, (names, dob) in searches.items():
-        found = await app.search_people(names=names, date_of_birth=dob, identifiers=[])
+        found = (await app.search_people(names=names, date_of_birth=dob, identifiers=[])).candidates
         assert found[0].person_id == people[script].person_id, script
         assert found[0].match.score >= 0.9, (script, found[0].match)
     # By name alone the match is weaker, but the person is still found.
-    by_name = await app.search_people(
-        names=[Name("Дмитрий", "Иванов")], date_of_birth=None, identifiers=[]
-    )
+    by_name = (
+        await app.search_people(
+            names=[Name("Дмитрий", "Иванов")], date_of_birth=None, identifiers=[]
+        )
+    ).candidates
     assert by_name[0].person_id == people["Cyrillic"].person_id
     assert "family name exact" in by_name[0].match.reasons[0]
 
@@ -279,16 +284,20 @@ async def test_search_finds_misspelt_swapped_alias_and_mistyped_dates(identity):
         "day and month swapped": ([Name("Martha", "Kowalski")], date(1979, 12, 3)),
     }
     for label, (names, dob) in queries.items():
-        found = await app.search_people(names=names, date_of_birth=dob, identifiers=[])
+        found = (await app.search_people(names=names, date_of_birth=dob, identifiers=[])).candidates
         assert found and found[0].person_id == target.person_id, label
         assert found[0].match.score >= 0.5, (label, found[0].match)
-    swapped = await app.search_people(
-        names=queries["swapped"][0], date_of_birth=date(1979, 3, 12), identifiers=[]
-    )
+    swapped = (
+        await app.search_people(
+            names=queries["swapped"][0], date_of_birth=date(1979, 3, 12), identifiers=[]
+        )
+    ).candidates
     assert "given and family names swapped" in swapped[0].match.reasons
-    alias = await app.search_people(
-        names=queries["alias"][0], date_of_birth=date(1979, 3, 12), identifiers=[]
-    )
+    alias = (
+        await app.search_people(
+            names=queries["alias"][0], date_of_birth=date(1979, 3, 12), identifiers=[]
+        )
+    ).candidates
     assert any(r.startswith("alias matched") for r in alias[0].match.reasons)
 
 
@@ -299,14 +308,16 @@ async def test_swapped_names_are_found_without_a_date_of_birth_or_with_a_mistype
     await app.wait_for_index(await identity.store.head_position())
     swapped = [Name("Kowalski", "Martha")]
 
-    by_name = await app.search_people(names=swapped, date_of_birth=None, identifiers=[])
+    by_name = (
+        await app.search_people(names=swapped, date_of_birth=None, identifiers=[])
+    ).candidates
     assert target.person_id in [c.person_id for c in by_name]
     found = next(c for c in by_name if c.person_id == target.person_id)
     assert found.match.reasons == ("given and family names swapped",)
 
-    mistyped = await app.search_people(
-        names=swapped, date_of_birth=date(1979, 3, 13), identifiers=[]
-    )
+    mistyped = (
+        await app.search_people(names=swapped, date_of_birth=date(1979, 3, 13), identifiers=[])
+    ).candidates
     assert mistyped[0].person_id == target.person_id
     assert mistyped[0].match.reasons == (
         "given and family names swapped",
@@ -322,7 +333,9 @@ async def test_a_search_by_one_part_of_a_name_finds_the_person(identity):
     await app.wait_for_index(await identity.store.head_position())
 
     async def found(names, dob):
-        candidates = await app.search_people(names=names, date_of_birth=dob, identifiers=[])
+        candidates = (
+            await app.search_people(names=names, date_of_birth=dob, identifiers=[])
+        ).candidates
         return {c.person_id: c.match.reasons for c in candidates}
 
     # The family name alone, without a date of birth: found by its sound.
@@ -338,6 +351,35 @@ async def test_a_search_by_one_part_of_a_name_finds_the_person(identity):
     with pytest.raises(InvalidFieldError) as raised:
         await found([Name("Martha", "")], None)
     assert raised.value.violations[0][0] == "name.family_name"
+
+
+async def test_a_search_says_when_more_people_match_than_it_reads(identity):
+    app = identity.application
+
+    async def register_kowalski(n):
+        given = f"Ann{chr(97 + n // 26)}{chr(97 + n % 26)}"  # Annaa, Annab...: no digits
+        return await register(app, given=given, family="Kowalski", dob=date(1950, 1, 1 + n % 28))
+
+    async def by_family_name(position):
+        return await app.search_people(
+            names=[Name("", "Kowalski")], date_of_birth=None, identifiers=[], min_position=position
+        )
+
+    for n in range(BROAD_CANDIDATE_LIMIT):
+        written = await register_kowalski(n)
+    all_read = await by_family_name(written.position)
+    assert not all_read.incomplete and len(all_read.candidates) == 10
+    written = await register_kowalski(BROAD_CANDIDATE_LIMIT)
+    broad = await by_family_name(written.position)
+    assert broad.incomplete and len(broad.candidates) == 10
+    narrow = await app.search_people(
+        names=[Name("Annah", "Kowalski")], date_of_birth=date(1950, 1, 8), identifiers=[]
+    )
+    assert not narrow.incomplete and narrow.candidates[0].given_names == "Annah"
+    assert narrow.candidates[0].match.reasons == (
+        "family name exact, given name exact",
+        "date of birth exact",
+    )
 
 
 async def test_twins_are_not_possible_duplicates_and_overrides_are_respected(identity):
@@ -604,9 +646,11 @@ async def test_every_consultation_is_logged_with_who_asked_and_whose_details_it_
         with pytest.raises(NotFoundError):
             await app.get_person_by_identifier(CRO)
         await app.person_history(ann.person_id)
-        found = await app.search_people(
-            names=[Name("Ann", "Example")], date_of_birth=date(1980, 5, 17), identifiers=[]
-        )
+        found = (
+            await app.search_people(
+                names=[Name("Ann", "Example")], date_of_birth=date(1980, 5, 17), identifiers=[]
+            )
+        ).candidates
         await app.list_possible_duplicates(ann.person_id, threshold=0.1)
     finally:
         current_actor.reset(token)
