@@ -739,10 +739,12 @@ class IdentityApplication:
             if found is None:
                 raise NotFoundError("person", f"{person_id} (not yet in the search index)")
             profile, not_duplicates = found
-            found = await self.search_index.search(profile, limit=limit + len(not_duplicates) + 1)
+            searched = await self.search_index.search(
+                profile, limit=limit + len(not_duplicates) + 1
+            )
             return view, [
                 c
-                for c in found.candidates
+                for c in searched.candidates
                 if c.person_id != view.person.id
                 and c.person_id not in not_duplicates
                 and c.match.score >= threshold
