@@ -730,10 +730,10 @@ class IdentityApplication:
         threshold: float = DEFAULT_THRESHOLD,
         limit: int = 10,
         min_position: int = 0,
-    ) -> list[Candidate]:
+    ) -> Found:
         await self.wait_for_index(min_position)
 
-        async def duplicates() -> tuple[PersonView, list[Candidate]]:
+        async def duplicates() -> tuple[PersonView, Found]:
             view = await self._view(person_id, None)
             found = await self.search_index.profile_of(view.person.id)
             if found is None:
@@ -742,18 +742,19 @@ class IdentityApplication:
             searched = await self.search_index.search(
                 profile, limit=limit + len(not_duplicates) + 1
             )
-            return view, [
+            candidates = [
                 c
                 for c in searched.candidates
                 if c.person_id != view.person.id
                 and c.person_id not in not_duplicates
                 and c.match.score >= threshold
-            ][:limit]
+            ]
+            return view, Found(candidates[:limit], incomplete=searched.incomplete)
 
-        _, candidates = await self._consulted(
+        _, duplicates_found = await self._consulted(
             "list_possible_duplicates",
             {"person_id": person_id, "threshold": threshold},
             duplicates(),
-            lambda found: [*_shown_in_view(found[0]), *_shown_in_candidates(found[1])],
+            lambda found: [*_shown_in_view(found[0]), *_shown_in_found(found[1])],
         )
-        return candidates
+        return duplicates_found

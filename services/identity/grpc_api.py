@@ -283,10 +283,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         limit = limit_field(request.limit, "limit", v)
         min_position = position_field(request.min_position, "min_position", v)
         v.raise_if_any()
-        candidates = await self.app.list_possible_duplicates(
+        found = await self.app.list_possible_duplicates(
             person_id, threshold=threshold, limit=limit, min_position=min_position
         )
-        return pb.ListPossibleDuplicatesResponse(candidates=[candidate_pb(c) for c in candidates])
+        return pb.ListPossibleDuplicatesResponse(
+            candidates=[candidate_pb(c) for c in found.candidates], incomplete=found.incomplete
+        )
 
 
 def build_server(identity: Identity, verifier: TokenVerifier) -> Server:

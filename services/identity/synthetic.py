@@ -433,9 +433,8 @@ async def measure_quality(
     keys = {person_id: key for key, person_id in person_ids.items()}
     predicted: set[frozenset[int]] = set()
     for key, person_id in person_ids.items():
-        for candidate in await app.list_possible_duplicates(
-            person_id, threshold=threshold, limit=20
-        ):
+        found = await app.list_possible_duplicates(person_id, threshold=threshold, limit=20)
+        for candidate in found.candidates:
             predicted.add(frozenset({key, keys[candidate.person_id]}))
     true_positives = predicted & labelled.duplicate_pairs
     false_positives = predicted - labelled.duplicate_pairs

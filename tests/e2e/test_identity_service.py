@@ -18,7 +18,7 @@ from libs.chassis.auth import TokenVerifier
 from libs.eventstore import create_pool
 from services.identity.bootstrap import bootstrap
 from services.identity.grpc_api import build_server
-from services.identity.search_index import BROAD_CANDIDATE_LIMIT
+from services.identity.search_index import BROAD_CANDIDATE_LIMIT, CANDIDATE_LIMIT
 from tests.conftest import new_schema_name
 from tests.e2e.rpc_details import details_of, violations_of
 
@@ -462,6 +462,23 @@ async def test_a_search_says_when_more_people_match_than_it_reads(client):
         )
     )
     assert not narrow.incomplete and narrow.candidates[0].name.given_names == "Annah"
+
+
+async def test_a_duplicates_check_says_when_more_people_match_than_it_reads(client):
+    person = await client.RegisterPerson(registration())
+    # Namesakes born the same day, each with another given name (all letters).
+    namesakes = [f"Ann{chr(97 + n // 26 % 26)}{chr(97 + n % 26)}" for n in range(CANDIDATE_LIMIT)]
+    written = await asyncio.gather(
+        *(client.RegisterPerson(registration(given=given)) for given in namesakes)
+    )
+    found = await client.ListPossibleDuplicates(
+        pb.ListPossibleDuplicatesRequest(
+            person_id=person.person_id,
+            threshold=0.01,
+            min_position=max(w.position for w in written),
+        )
+    )
+    assert found.incomplete and len(found.candidates) == 10
 
 
 async def test_a_search_for_a_position_not_yet_written_is_refused_at_once(client):
