@@ -46,7 +46,6 @@ from services.identity.identifiers import Identifier
 from services.identity.matching import DEFAULT_THRESHOLD, NameKey, Profile
 from services.identity.search_index import (
     PROJECTION_NAME,
-    Candidate,
     Found,
     IndexCounts,
     SearchIndex,
@@ -145,12 +144,8 @@ def _shown_in_view(view: PersonView) -> list[UUID]:
     return [view.person.id, *([view.redirected_from] if view.redirected_from else [])]
 
 
-def _shown_in_candidates(candidates: list[Candidate]) -> list[UUID]:
-    return [c.person_id for c in candidates]
-
-
 def _shown_in_found(found: Found) -> list[UUID]:
-    return _shown_in_candidates(found.candidates)
+    return [c.person_id for c in found.candidates]
 
 
 def _search_asked(
