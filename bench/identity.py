@@ -257,7 +257,7 @@ def mean_load(loads: list[Load]) -> Load:
 
 
 async def load_from_another_process(
-    port: int, kind: str, token: str = "", *, first: int = 50_000_000
+    port: int, kind: str, token: str = "", *, first: int = 50_000_000, clients: int = CLIENTS
 ) -> Load:
     """Drives `port` from a separate client process (bench/load_client.py), so client and
     server do not share a core; the echo baseline is driven the same way."""
@@ -273,7 +273,7 @@ async def load_from_another_process(
         "--kind",
         kind,
         "--clients",
-        str(CLIENTS),
+        str(clients),
         "--seconds",
         str(DURATION),
         "--first",
@@ -298,7 +298,7 @@ async def load_from_another_process(
     )
 
 
-async def bench_echo() -> Load:
+async def bench_echo(clients: int = CLIENTS) -> Load:
     async def echo(request, context):
         return request
 
@@ -319,7 +319,7 @@ async def bench_echo() -> Load:
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    load = await load_from_another_process(port, "echo")
+    load = await load_from_another_process(port, "echo", clients=clients)
     await server.stop(0)
     return load
 

@@ -2,18 +2,22 @@
 (`make bench-identity-tuning`). Not a test: it prints figures, ending with `name=value`
 lines.
 
-    python -m bench.identity_tuning [--windows 2,4,6,8] [--notify 5,50] [--rounds 4]
+    python -m bench.identity_tuning [--windows 3,5,auto] [--notify 5,50] [--rounds 4]
+                                    [--clients 16]
 
-Without --notify, every setting uses the notify interval the service is served with.
+Without --notify, every setting uses the notify interval the service is served with;
+`auto` is the adaptive window it is served with (`libs.eventstore.window`).
 
 One identity service as served (the search index following the store, over a small
-index) takes RegisterPerson from 16 clients in another process, as in `bench.identity`,
-under each pair of write window (`EventStore.batch_window`, ms) and notify interval
-(`EventStore.notify_interval`, ms) given. Each round runs every setting once, each as an
-echo baseline followed by RegisterPerson, and starts one setting later than the round
-before, so that the machine's drift over minutes favours none. Per setting: RegisterPerson
-over echo (mean rates, and the lowest and highest round), commands per write
-transaction, and server and PostgreSQL CPU per command.
+index) takes RegisterPerson from 16 clients (or --clients) in another process, as in
+`bench.identity`, under each pair of write window (`EventStore.batch_window`, ms) and
+notify interval (`EventStore.notify_interval`, ms) given. Each round runs every setting
+once, each as an echo baseline followed by RegisterPerson, and starts one setting later
+than the round before, so that the machine's drift over minutes favours none. Per
+setting: RegisterPerson over echo (mean rates, and the lowest and highest round), the
+window each load ended at (for `auto`, the mean), commands per write transaction, server
+and PostgreSQL CPU per command, and how much of the time the server's event loop was on
+a CPU and waiting for one.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import asyncio
 import itertools
 import os
+import statistics
 from dataclasses import dataclass
 
 from bench.identity import (
@@ -36,25 +41,31 @@ from bench.identity import (
 from infra.postgres import scratch_database
 from libs.chassis.auth import TokenVerifier
 from libs.eventstore import create_mapper, create_pool
-from services.identity.bootstrap import NOTIFY_INTERVAL, WRITE_WINDOW, bootstrap
+from services.identity.bootstrap import NOTIFY_INTERVAL, WRITE_WINDOW, bootstrap, write_window
 from services.identity.grpc_api import identity_server
 from services.identity.translate import event_translator
 
 
 @dataclass(frozen=True)
 class Setting:
-    window_ms: float
+    window_ms: float | None  # None: the adaptive window the service is served with
     notify_ms: float
 
     @property
+    def window(self) -> str:
+        return "auto" if self.window_ms is None else f"{self.window_ms:g}"
+
+    @property
     def name(self) -> str:
-        return f"window_{self.window_ms:g}ms_notify_{self.notify_ms:g}ms"
+        unit = "" if self.window_ms is None else "ms"
+        return f"window_{self.window}{unit}_notify_{self.notify_ms:g}ms"
 
 
 @dataclass
 class Outcome:
     alternation: Alternation
     commands_per_write: float
+    window_ms: float  # the mean window at the end of each RegisterPerson load
 
 
 def ms_list(text: str) -> list[float]:
@@ -67,7 +78,18 @@ def ms_list(text: str) -> list[float]:
     return values
 
 
-async def run(dsn: str, settings: list[Setting], rounds: int) -> dict[Setting, Outcome]:
+def windows_list(text: str) -> list[float | None]:
+    """Milliseconds, and `auto` for the adaptive window."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    fixed = [p for p in parts if p != "auto"]
+    if fixed or not parts:
+        return [*ms_list(",".join(fixed)), *([None] if "auto" in parts else [])]
+    return [None]
+
+
+async def run(
+    dsn: str, settings: list[Setting], rounds: int, clients: int
+) -> dict[Setting, Outcome]:
     verifier = TokenVerifier(SECRET)
     token = verifier.mint("bench", ["identity.write"])
     translate = event_translator(create_mapper(cipher_key=""))
@@ -82,21 +104,28 @@ async def run(dsn: str, settings: list[Setting], rounds: int) -> dict[Setting, O
         registers: dict[Setting, list[Load]] = {setting: [] for setting in settings}
         groups = dict.fromkeys(settings, 0)
         grouped = dict.fromkeys(settings, 0)
+        windows: dict[Setting, list[float]] = {setting: [] for setting in settings}
         first = itertools.count(70_000_000, 1_000_000)  # NOMS numbers never repeat
         try:
             for round_ in range(rounds):
                 start = round_ % len(settings)
                 for setting in settings[start:] + settings[:start]:
-                    store.batch_window = setting.window_ms / 1000
+                    if setting.window_ms is None:
+                        store.batch_window, store.adapt_window = WRITE_WINDOW, write_window()
+                    else:
+                        store.batch_window, store.adapt_window = setting.window_ms / 1000, None
                     store.notify_interval = setting.notify_ms / 1000
                     progress(f"round {round_ + 1}/{rounds}: {setting.name}, echo then register")
-                    echoes[setting].append(await bench_echo())
+                    echoes[setting].append(await bench_echo(clients))
                     groups_before, grouped_before = store.groups, store.grouped_appends
                     registers[setting].append(
-                        await load_from_another_process(port, "register", token, first=next(first))
+                        await load_from_another_process(
+                            port, "register", token, first=next(first), clients=clients
+                        )
                     )
                     groups[setting] += store.groups - groups_before
                     grouped[setting] += store.grouped_appends - grouped_before
+                    windows[setting].append(store.batch_window * 1000)
         finally:
             await server.stop(1)
             await identity.close()
@@ -106,29 +135,35 @@ async def run(dsn: str, settings: list[Setting], rounds: int) -> dict[Setting, O
         setting: Outcome(
             Alternation.of(echoes[setting], registers[setting]),
             grouped[setting] / groups[setting] if groups[setting] else 0.0,
+            statistics.fmean(windows[setting]),
         )
         for setting in settings
     }
 
 
-def report(outcomes: dict[Setting, Outcome], rounds: int) -> None:
+def report(outcomes: dict[Setting, Outcome], rounds: int, clients: int) -> None:
     print(
-        f"\nRegisterPerson under each store setting — {CLIENTS} clients, {rounds} rounds, "
-        f"{os.cpu_count()} cores (served with a {WRITE_WINDOW * 1000:g} ms window, "
+        f"\nRegisterPerson under each store setting — {clients} clients, {rounds} rounds, "
+        f"{os.cpu_count()} cores (served with an adaptive window starting at "
+        f"{WRITE_WINDOW * 1000:g} ms, "
         f"notifying every {NOTIFY_INTERVAL * 1000:g} ms at most)"
     )
     print(
-        f"{'window ms':>10}{'notify ms':>11}{'commands/s':>12}{'of echo':>9}{'rounds':>12}"
+        f"{'window ms':>10}{'ended at':>9}{'notify ms':>11}{'commands/s':>12}{'of echo':>9}"
+        f"{'rounds':>12}"
         f"{'commands/write':>16}{'server CPU/call':>17}{'PostgreSQL CPU/call':>21}"
+        f"{'loop on CPU':>13}{'loop waiting':>14}"
     )
     for setting, outcome in outcomes.items():
         alternation = outcome.alternation
         register = alternation.register
         database = f"{register.database_cpu_ms:.3f}" if register.database_cpu_ms else "-"
+        waiting = "-" if register.loop_runnable is None else f"{register.loop_runnable:.0%}"
         print(
-            f"{setting.window_ms:>10g}{setting.notify_ms:>11g}{register.rate:>12,.0f}"
+            f"{setting.window:>10}{outcome.window_ms:>9.1f}{setting.notify_ms:>11g}{register.rate:>12,.0f}"
             f"{alternation.ratio:>9.2f}{alternation.spread:>12}{outcome.commands_per_write:>16.1f}"
             f"{register.server_cpu_ms:>17.3f}{database:>21}"
+            f"{register.loop_busy:>13.0%}{waiting:>14}"
         )
     print()
     for setting, outcome in outcomes.items():
@@ -136,22 +171,24 @@ def report(outcomes: dict[Setting, Outcome], rounds: int) -> None:
         print(f"{setting.name}_commands_per_write={outcome.commands_per_write:.1f}")
 
 
-async def main(settings: list[Setting], rounds: int) -> None:
+async def main(settings: list[Setting], rounds: int, clients: int) -> None:
     async with scratch_database("throughline_bench_tuning") as dsn:
-        report(await run(dsn, settings, rounds), rounds)
+        report(await run(dsn, settings, rounds, clients), rounds, clients)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--windows", type=ms_list, default=[2.0, 4.0, 6.0, 8.0])
+    parser.add_argument("--windows", type=windows_list, default=[3.0, 5.0, None])
     parser.add_argument("--notify", type=ms_list, default=[NOTIFY_INTERVAL * 1000])
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=CLIENTS)
     args = parser.parse_args()
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    if args.rounds < 1 or args.clients < 1:
+        parser.error("--rounds and --clients must be at least 1")
     asyncio.run(
         main(
             [Setting(window, notify) for window in args.windows for notify in args.notify],
             args.rounds,
+            args.clients,
         )
     )

@@ -28,11 +28,13 @@ from libs.eventstore.recorder import UNSET, EventStore, create_schema
 from libs.eventstore.records import AppendResult, RecordedEvent, StreamHead, command_digest
 from libs.eventstore.repository import Repository
 from libs.eventstore.tracking import TrackingConflictError, TrackingStore
+from libs.eventstore.window import AdaptiveWindow
 
 __all__ = [
     "UNSET",
     "Access",
     "AccessLog",
+    "AdaptiveWindow",
     "AppendResult",
     "AuditReport",
     "CommandReusedError",

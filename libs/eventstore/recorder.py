@@ -41,6 +41,7 @@ from libs.eventstore.records import (
     to_micros,
 )
 from libs.eventstore.wakeup import Wakeups
+from libs.eventstore.window import AdaptiveWindow
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,8 @@ class EventStore:
     held more than one) groups start at least that far apart, so each gathers more
     appends: fewer transactions, commits and round trips per append, at the cost of up
     to that much more latency. A lone append after a quiet spell, or a single caller's
-    appends one after another, are written at once.
+    appends one after another, are written at once. With `adapt_window`, the window is
+    adjusted while serving, to keep the event loop busy (see `libs.eventstore.window`).
     """
 
     def __init__(
@@ -233,6 +235,7 @@ class EventStore:
         optimistic_attempts: int = 3,
         notify_interval: float = 0.005,
         batch_window: float = 0.0,
+        adapt_window: AdaptiveWindow | None = None,
     ) -> None:
         self.pool = pool
         self.schema = schema
@@ -241,6 +244,7 @@ class EventStore:
         self.notify_interval = notify_interval
         self.poll_interval = poll_interval
         self.batch_window = batch_window
+        self.adapt_window = adapt_window
         self._group_started = 0.0  # loop time the last group started
         self._group_shared = False  # whether it held more than one append
         self._notify = notify
@@ -372,7 +376,10 @@ class EventStore:
     async def _gather(self) -> None:
         """Waits until `batch_window` after the last group started, so that appends
         arriving meanwhile join the next group."""
-        wait = self._group_started + self.batch_window - asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        if self.adapt_window is not None:
+            self.batch_window = self.adapt_window.adjust(self.batch_window, now)
+        wait = self._group_started + self.batch_window - now
         if wait > 0:
             self.held_groups += 1
             await asyncio.sleep(wait)

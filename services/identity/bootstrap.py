@@ -13,6 +13,7 @@ from eventsourcing.persistence import Mapper
 
 from libs.eventstore import (
     AccessLog,
+    AdaptiveWindow,
     EventStore,
     ProjectionRunner,
     Repository,
@@ -33,24 +34,25 @@ SCHEMA = "identity"
 # that asks for its min_position does not wait for the interval: its waiting wakes the
 # index at once. Other searches may see the index up to about 50 ms behind under load.
 BATCH_INTERVAL = 0.05
-# Under concurrent commands, the event store starts a write transaction at most every
-# 5 ms, so each gathers more commands (a lone command is written at once), at the cost of
-# up to 5 ms more latency per command. Against writing whatever was queued (16
+# Under concurrent commands, the event store starts write transactions at least a window
+# apart, so each gathers more commands (a lone command is written at once), at the cost of
+# up to a window more latency per command. Against writing whatever was queued (16
 # RegisterPerson clients): groups of about 8 commands instead of 2-3, PostgreSQL's CPU per
 # command 0.08-0.10 ms instead of 0.20, RegisterPerson 0.33 of echo instead of 0.25. The
-# window also caps throughput: groups start at least a window apart and each caller waits
-# for its command's group, so 16 callers make at most 16 commands per window (3,200/s at
-# 5 ms). 5 ms was the best or tied for best on both machines measured: on one serving
-# 1,800/s, 0.33 of echo at 4 and 5 ms, 0.32 at 6 ms, 0.26 at 8 ms (the cap binding); on
-# one serving 1,000/s (`make bench-identity-tuning ARGS='--windows 4,5,6 --notify 50
-# --rounds 6'`), 0.39 at 4 ms, 0.43 at 5 ms, 0.41 at 6 ms. A few concurrent callers feel
-# the cap most: on a machine serving echo at 6,000-7,000/s, 4 callers made 700-730
-# commands/s (5.5 ms each) against about 1,450/s (2.8 ms) when a group was held only while
-# the event loop still had other work. That rule matched the window at 16 callers and fell
-# behind it at 32 (2,260 against 2,660-2,820/s); telling that the loop has no other work
-# needs asyncio's internals, so the window stays. Commands are seldom that concurrent in
-# practice, and 5.5 ms is still far inside what a caller notices.
+# window also caps throughput: each caller waits for its command's group, so 16 callers
+# make at most 16 commands per window (3,200/s at 5 ms). The best window depends on the
+# machine: 5 ms on two serving 1,000-1,800 commands/s (against 4, 6 and 8 ms), 3-4 ms on
+# one serving 2,400-2,700/s, where 5 ms left the event loop idle a fifth of the time
+# (`make bench-identity-tuning ARGS='--windows 3,4,5,auto'`). So the window starts at
+# 5 ms and adapts between 1 and 8 ms to keep the loop busy (`libs.eventstore.window`).
 WRITE_WINDOW = 0.005
+WRITE_WINDOW_LEAST, WRITE_WINDOW_MOST = 0.001, 0.008
+
+
+def write_window() -> AdaptiveWindow:
+    return AdaptiveWindow(WRITE_WINDOW_LEAST, WRITE_WINDOW_MOST)
+
+
 # Under steady writes the store sends at most one NOTIFY per 50 ms (the library's default
 # is 5 ms): subscribers in other processes (another replica's feed or search index) learn
 # of new events up to 50 ms later, while a write after a quiet spell is announced at once
@@ -109,7 +111,13 @@ def connect(
 ) -> Identity:
     """Wires the service over tables that already exist, changing nothing in the
     database (for operators' tools)."""
-    store = EventStore(pool, schema, batch_window=WRITE_WINDOW, notify_interval=NOTIFY_INTERVAL)
+    store = EventStore(
+        pool,
+        schema,
+        batch_window=WRITE_WINDOW,
+        adapt_window=write_window(),
+        notify_interval=NOTIFY_INTERVAL,
+    )
     mapper = create_mapper(cipher_key, old_cipher_keys)
     # People and claims have short streams: rebuilding from events beats a snapshot read.
     repository = Repository(store, mapper, snapshots=False)

@@ -9,7 +9,7 @@ import argparse
 import pytest
 
 from bench.identity import Alternation, Load, per_call_ms, python_loop_ns
-from bench.identity_tuning import Setting, ms_list
+from bench.identity_tuning import Setting, ms_list, windows_list
 
 
 def load(rate: float, server_cpu_ms: float = 1.0) -> Load:
@@ -56,12 +56,17 @@ def test_settings_are_read_as_milliseconds_and_named_by_them():
     assert ms_list("4, 5.5,6") == [4.0, 5.5, 6.0]
     assert Setting(5.0, 50.0).name == "window_5ms_notify_50ms"
     assert Setting(5.5, 0.0).name == "window_5.5ms_notify_0ms"
+    assert Setting(None, 50.0).name == "window_auto_notify_50ms"
+    assert windows_list("3, auto,5") == [3.0, 5.0, None]
+    assert windows_list("auto") == [None]
 
 
 @pytest.mark.parametrize("text", ["", "4,x", "-1", ","])
 def test_settings_that_are_not_milliseconds_are_refused(text):
     with pytest.raises(argparse.ArgumentTypeError):
         ms_list(text)
+    with pytest.raises(argparse.ArgumentTypeError):
+        windows_list(text)
 
 
 def test_a_reading_per_call_is_the_difference_over_the_calls_or_none_if_either_is_missing():

@@ -1,0 +1,95 @@
+"""Sizing the event store's write window to the machine it runs on.
+
+The writer holds a group of appends for up to a window so that more join it: a group
+costs the event loop and PostgreSQL much the same whatever its size, so fuller groups
+cost less CPU per append. But every caller waits for its group, and a window held while
+the event loop has nothing else to do only makes callers wait. Which window is best
+depends on how fast the machine runs the rest of each call: measured with 16 callers
+(`make bench-identity-tuning`), 5 ms was best on machines serving 1,000-1,800
+commands/s, and 3-4 ms on one serving 2,400-2,700/s, where 5 ms left the loop idle a
+fifth of the time.
+
+`AdaptiveWindow` finds it while serving. Over each period in which groups are held, it
+measures how much of the time the event loop's thread was busy: running, or ready to run
+and waiting for a core (Linux's schedstat). A loop idle while groups are held is waiting
+for the window: the window shrinks. A loop busy nearly all the time is short of CPU: the
+window grows, so each append costs less. Between the two it stays. Where schedstat
+cannot be read, the window stays as configured: CPU time alone would mistake a loop
+waiting for a core for an idle one, and shrink the window just when CPU is short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+SCHEDSTAT = "/proc/thread-self/schedstat"
+
+
+def thread_busy_seconds() -> float | None:
+    """Seconds the calling thread has spent on a CPU or waiting for one (Linux), or None
+    where that cannot be read."""
+    try:
+        with open(SCHEDSTAT, "rb") as f:
+            running, waiting, *_ = f.read().split()
+        return (int(running) + int(waiting)) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
+class AdaptiveWindow:
+    """Adjusts a write window between `least` and `most` seconds, once per `period` of
+    held groups: by `step` times down when the event loop's thread was busy less than
+    `busy_below` of the period, by `step` times up when it was busy more than
+    `busy_above`. `busy_clock` must read the thread the writer runs on: the store calls
+    `adjust` from its writer task."""
+
+    def __init__(
+        self,
+        least: float,
+        most: float,
+        *,
+        period: float = 0.05,
+        busy_below: float = 0.85,
+        busy_above: float = 0.9,
+        step: float = 1.1,
+        busy_clock: Callable[[], float | None] = thread_busy_seconds,
+    ) -> None:
+        if not 0 < least <= most:
+            raise ValueError(f"need 0 < least <= most, not {least} and {most}")
+        if not 0 < busy_below <= busy_above <= 1 or step <= 1 or period <= 0:
+            raise ValueError("need 0 < busy_below <= busy_above <= 1, step > 1, period > 0")
+        self.least, self.most = least, most
+        self.period = period
+        self.busy_below, self.busy_above = busy_below, busy_above
+        self.step = step
+        self._busy_clock = busy_clock
+        self._started: tuple[float, float] | None = None  # (loop time, busy seconds)
+        self._last_call = 0.0
+        self.shrunk = 0  # periods after which the window shrank
+        self.grew = 0  # periods after which it grew
+
+    def adjust(self, window: float, now: float) -> float:
+        """The window for the group starting at loop time `now`, given the current one.
+        Called as each held group starts; a gap of more than a period between calls (a
+        quiet spell, or groups too small to hold) starts a fresh period."""
+        window = min(max(window, self.least), self.most)
+        busy = self._busy_clock()
+        if busy is None:
+            return window
+        if self._started is None or now - self._last_call > self.period:
+            self._started, self._last_call = (now, busy), now
+            return window
+        self._last_call = now
+        started_at, busy_before = self._started
+        elapsed = now - started_at
+        if elapsed < self.period:
+            return window
+        self._started = (now, busy)
+        share = (busy - busy_before) / elapsed
+        if share < self.busy_below:
+            self.shrunk += 1
+            return max(window / self.step, self.least)
+        if share > self.busy_above:
+            self.grew += 1
+            return min(window * self.step, self.most)
+        return window

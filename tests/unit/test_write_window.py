@@ -1,0 +1,126 @@
+"""The adaptive write window: shrinks while the event loop idles with groups held, grows
+while it is short of CPU, stays between, and never leaves its bounds."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from libs.eventstore.window import AdaptiveWindow, thread_busy_seconds
+
+
+class Busy:
+    """A busy clock the test moves: seconds the loop's thread was busy."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+def window(busy, **options) -> AdaptiveWindow:
+    return AdaptiveWindow(0.001, 0.008, period=0.05, step=1.25, busy_clock=busy, **options)
+
+
+def run_period(adaptive: AdaptiveWindow, busy: Busy, value: float, start: float, share: float):
+    """Groups held every 5 ms for a little over one period, the loop busy `share` of the
+    time: the window after it, and the loop time it ended at."""
+    now = start
+    for _ in range(11):
+        now += 0.005
+        busy.seconds += 0.005 * share
+        value = adaptive.adjust(value, now)
+    return value, now
+
+
+def test_an_idle_loop_shrinks_the_window_and_a_busy_one_grows_it():
+    busy = Busy()
+    adaptive = window(busy)
+    assert adaptive.adjust(0.005, 0.0) == 0.005  # the first call starts a period
+    idle, now = run_period(adaptive, busy, 0.005, 0.0, share=0.6)
+    assert idle == pytest.approx(0.005 / 1.25)
+    assert (adaptive.shrunk, adaptive.grew) == (1, 0)
+    busier, now = run_period(adaptive, busy, idle, now, share=0.97)
+    assert busier == pytest.approx(0.005)
+    assert (adaptive.shrunk, adaptive.grew) == (1, 1)
+
+
+def test_between_the_two_thresholds_the_window_stays():
+    busy = Busy()
+    adaptive = window(busy)
+    adaptive.adjust(0.004, 0.0)
+    value, _ = run_period(adaptive, busy, 0.004, 0.0, share=0.87)
+    assert value == 0.004
+    assert (adaptive.shrunk, adaptive.grew) == (0, 0)
+
+
+def test_the_window_is_changed_once_a_period_not_at_every_group():
+    busy = Busy()
+    adaptive = window(busy)
+    adaptive.adjust(0.005, 0.0)
+    busy.seconds += 0.01
+    # 20 ms in, with the loop idle half of it: too soon to judge.
+    assert adaptive.adjust(0.005, 0.02) == 0.005
+    assert adaptive.shrunk == 0
+
+
+def test_the_window_never_leaves_its_bounds():
+    busy = Busy()
+    adaptive = window(busy)
+    value, now = 0.005, 0.0
+    adaptive.adjust(value, now)
+    for _ in range(20):
+        value, now = run_period(adaptive, busy, value, now, share=0.1)
+    assert value == pytest.approx(0.001)
+    for _ in range(40):
+        value, now = run_period(adaptive, busy, value, now, share=1.0)
+    assert value == pytest.approx(0.008)
+    # A window set outside the bounds is brought inside them.
+    assert adaptive.adjust(0.05, now + 0.001) == 0.008
+
+
+def test_a_quiet_spell_starts_a_fresh_period_rather_than_counting_as_idle():
+    busy = Busy()
+    adaptive = window(busy)
+    adaptive.adjust(0.005, 0.0)
+    # Nothing held for a second (no load, or lone appends): the loop was idle, but not
+    # because of the window, which must not shrink for it.
+    busy.seconds += 0.01
+    assert adaptive.adjust(0.005, 1.0) == 0.005
+    value, _ = run_period(adaptive, busy, 0.005, 1.0, share=0.95)
+    assert value == pytest.approx(0.005 * 1.25)
+    assert adaptive.shrunk == 0
+
+
+def test_without_a_busy_clock_the_window_stays_as_configured():
+    adaptive = window(lambda: None)
+    for n in range(100):
+        assert adaptive.adjust(0.005, n * 0.005) == 0.005
+
+
+@pytest.mark.parametrize(
+    "least, most, options",
+    [
+        (0.0, 0.008, {}),
+        (0.009, 0.008, {}),
+        (0.001, 0.008, {"busy_below": 0.95, "busy_above": 0.9}),
+        (0.001, 0.008, {"step": 1.0}),
+        (0.001, 0.008, {"period": 0.0}),
+    ],
+)
+def test_settings_that_cannot_work_are_refused(least, most, options):
+    with pytest.raises(ValueError):
+        AdaptiveWindow(least, most, **options)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's schedstat")
+def test_the_busy_clock_reads_this_threads_time_on_a_cpu_on_linux():
+    before = thread_busy_seconds()
+    assert before is not None
+    total = 0
+    for n in range(200_000):
+        total += n
+    after = thread_busy_seconds()
+    assert after > before
