@@ -73,16 +73,19 @@ class AdaptiveWindow:
         Called as each held group starts; a gap of more than a period between calls (a
         quiet spell, or groups too small to hold) starts a fresh period."""
         window = min(max(window, self.least), self.most)
-        busy = self._busy_clock()
-        if busy is None:
-            return window
         if self._started is None or now - self._last_call > self.period:
-            self._started, self._last_call = (now, busy), now
+            busy = self._busy_clock()  # read once a period, not at every group
+            self._last_call = now
+            self._started = None if busy is None else (now, busy)
             return window
         self._last_call = now
         started_at, busy_before = self._started
         elapsed = now - started_at
         if elapsed < self.period:
+            return window
+        busy = self._busy_clock()
+        if busy is None:
+            self._started = None
             return window
         self._started = (now, busy)
         share = (busy - busy_before) / elapsed

@@ -15,8 +15,10 @@ class Busy:
 
     def __init__(self) -> None:
         self.seconds = 0.0
+        self.reads = 0
 
     def __call__(self) -> float:
+        self.reads += 1
         return self.seconds
 
 
@@ -64,6 +66,9 @@ def test_the_window_is_changed_once_a_period_not_at_every_group():
     # 20 ms in, with the loop idle half of it: too soon to judge.
     assert adaptive.adjust(0.005, 0.02) == 0.005
     assert adaptive.shrunk == 0
+    # The clock (a file read) is read as a period starts and ends, not at every group.
+    run_period(adaptive, busy, 0.005, 0.02, share=0.5)
+    assert busy.reads == 2
 
 
 def test_the_window_never_leaves_its_bounds():
