@@ -89,11 +89,15 @@ async def load(identity, people) -> tuple[float, float]:
     append_rate = len(people) / (time.perf_counter() - started)
 
     started = time.perf_counter()
-    await identity.projection.catch_up(
-        progress=lambda done, total: (
-            (done // 5000) % 100 == 0 and progress(f"indexed up to position {done:,} of {total:,}")
-        )
-    )
+    reported = 0
+
+    def report(done: int, total: int) -> None:  # every 500,000 positions, and the last
+        nonlocal reported
+        if done - reported >= 500_000 or done == total:
+            reported = done
+            progress(f"indexed up to position {done:,} of {total:,}")
+
+    await identity.projection.catch_up(progress=report)
     index_rate = len(people) / (time.perf_counter() - started)
     # What autovacuum would do after a bulk load, done now rather than in the middle of
     # the timed runs: statistics for the planner, and the inserted rows vacuumed (by
