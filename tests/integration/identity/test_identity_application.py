@@ -20,7 +20,7 @@ from libs.eventstore import CommandReusedError, ProjectionLagError, UnreadableSt
 from libs.eventstore.context import Actor, current_actor
 from libs.eventstore.keyring import fingerprint
 from services.identity.application import asked
-from services.identity.bootstrap import bootstrap
+from services.identity.bootstrap import WRITE_WINDOW_LEAST, WRITE_WINDOW_MOST, bootstrap
 from services.identity.domain import Name, Sex
 from services.identity.identifiers import parse_identifier
 from services.identity.search_index import BROAD_CANDIDATE_LIMIT
@@ -82,6 +82,21 @@ async def test_a_retried_command_returns_the_first_result_and_records_nothing(id
     again = await register(app, ids=[PNC], command=command)
     assert again.person_id == first.person_id and again.duplicate
     assert await identity.store.head_position() == head
+
+
+async def test_concurrent_registrations_share_writes_under_the_adaptive_window(identity):
+    store = identity.store
+    assert store.adapt_window is not None
+    for wave in range(5):
+        await asyncio.gather(
+            *(
+                register(identity.application, given=f"Ann{chr(97 + wave)}{chr(97 + n)}")
+                for n in range(8)
+            )
+        )
+    assert store.grouped_appends == 40
+    assert store.groups < 40  # registrations arriving together were written together
+    assert WRITE_WINDOW_LEAST <= store.batch_window <= WRITE_WINDOW_MOST
 
 
 async def test_a_command_id_reused_for_a_different_command_is_refused(identity):
