@@ -63,6 +63,7 @@ class AdaptiveWindow:
         self.busy_below, self.busy_above = busy_below, busy_above
         self.step = step
         self._busy_clock = busy_clock
+        self._readable = True  # until the clock first fails to read
         self._started: tuple[float, float] | None = None  # (loop time, busy seconds)
         self._last_call = 0.0
         self.shrunk = 0  # periods after which the window shrank
@@ -73,21 +74,20 @@ class AdaptiveWindow:
         Called as each held group starts; a gap of more than a period between calls (a
         quiet spell, or groups too small to hold) starts a fresh period."""
         window = min(max(window, self.least), self.most)
+        if not self._readable:
+            return window
         if self._started is None or now - self._last_call > self.period:
-            busy = self._busy_clock()  # read once a period, not at every group
             self._last_call = now
-            self._started = None if busy is None else (now, busy)
+            self._start(now)
             return window
         self._last_call = now
         started_at, busy_before = self._started
         elapsed = now - started_at
         if elapsed < self.period:
             return window
-        busy = self._busy_clock()
+        busy = self._start(now)
         if busy is None:
-            self._started = None
             return window
-        self._started = (now, busy)
         share = (busy - busy_before) / elapsed
         if share < self.busy_below:
             self.shrunk += 1
@@ -96,3 +96,13 @@ class AdaptiveWindow:
             self.grew += 1
             return min(window * self.step, self.most)
         return window
+
+    def _start(self, now: float) -> float | None:
+        """Starts a period at `now` and returns the busy clock's reading: read once a
+        period, not at every group. If it cannot be read, nothing is adjusted again."""
+        busy = self._busy_clock()
+        if busy is None:
+            self._readable, self._started = False, None
+        else:
+            self._started = (now, busy)
+        return busy

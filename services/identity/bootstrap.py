@@ -43,16 +43,13 @@ BATCH_INTERVAL = 0.05
 # make at most 16 commands per window (3,200/s at 5 ms). The best window depends on the
 # machine: 5 ms on two serving 1,000-1,800 commands/s (against 4, 6 and 8 ms), 3-4 ms on
 # one serving 2,400-2,700/s, where 5 ms left the event loop idle a fifth of the time
-# (`make bench-identity-tuning ARGS='--windows 3,4,5,auto'`). So the window starts at
-# 5 ms and adapts between 1 and 8 ms to keep the loop busy (`libs.eventstore.window`).
+# (`make bench-identity-tuning ARGS='--windows 3,4,5,auto'`). A few concurrent callers
+# feel a fixed window most: 4 callers made 725 commands/s at 5 ms (5.5 ms each). So the
+# window starts at 5 ms and adapts between 1 and 8 ms to keep the event loop busy
+# (`libs.eventstore.window`): 0.37 of echo with 16 callers, as the best fixed window did
+# (against 0.34 at 5 ms), and 1,463 commands/s with 4 (2.7 ms each; the window at 1 ms).
 WRITE_WINDOW = 0.005
 WRITE_WINDOW_LEAST, WRITE_WINDOW_MOST = 0.001, 0.008
-
-
-def write_window() -> AdaptiveWindow:
-    return AdaptiveWindow(WRITE_WINDOW_LEAST, WRITE_WINDOW_MOST)
-
-
 # Under steady writes the store sends at most one NOTIFY per 50 ms (the library's default
 # is 5 ms): subscribers in other processes (another replica's feed or search index) learn
 # of new events up to 50 ms later, while a write after a quiet spell is announced at once
@@ -62,6 +59,11 @@ def write_window() -> AdaptiveWindow:
 # --rounds 5'`, with a 4 ms window: RegisterPerson 0.40 of echo instead of 0.36, server
 # CPU per command 1.08 ms instead of 1.21, PostgreSQL's 0.22 instead of 0.27.
 NOTIFY_INTERVAL = 0.05
+
+
+def write_window() -> AdaptiveWindow:
+    """The adaptive window each identity store is served with (a new one per store)."""
+    return AdaptiveWindow(WRITE_WINDOW_LEAST, WRITE_WINDOW_MOST)
 
 
 @dataclass

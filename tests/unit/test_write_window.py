@@ -99,10 +99,12 @@ def test_a_quiet_spell_starts_a_fresh_period_rather_than_counting_as_idle():
     assert adaptive.shrunk == 0
 
 
-def test_without_a_busy_clock_the_window_stays_as_configured():
-    adaptive = window(lambda: None)
+def test_without_a_busy_clock_the_window_stays_as_configured_and_it_is_not_read_again():
+    reads = []
+    adaptive = window(lambda: reads.append(1))  # a clock that cannot be read: None
     for n in range(100):
         assert adaptive.adjust(0.005, n * 0.005) == 0.005
+    assert len(reads) == 1
 
 
 @pytest.mark.parametrize(
