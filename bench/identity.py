@@ -10,8 +10,9 @@ machine-readable `name=value` lines.
   server's requests/s measured in the same run with the same 16 clients (alternating,
   four times each, with the lowest and highest round's ratio), with the server's, the
   load client's and PostgreSQL's CPU time per call, the ratio those allow at most
-  when both loads use every core, and how busy the server's event-loop thread was;
-  and, timed just before, how fast a plain Python loop runs on this machine now.
+  when both loads use every core, how busy the server's event-loop thread was and the
+  write window the store adapted to; and, timed just before, how fast a plain Python
+  loop runs on this machine now.
 - Precision and recall at the default threshold on a labelled synthetic set.
 """
 
@@ -439,6 +440,7 @@ async def run(dsn: str) -> None:
         alternation = await register_next_to_echo(
             port, verifier.mint("bench", ["identity.write"]), first=50_000_000
         )
+        window_ms = identity.store.batch_window * 1000  # where the adaptive window ended
         await server.stop(1)
         await identity.close()
         progress("match quality on a labelled synthetic set")
@@ -500,6 +502,7 @@ async def run(dsn: str) -> None:
             "server + client + PostgreSQL",
         ),
         ("register_vs_echo if both used every core", ceiling, f"{os.cpu_count()} cores"),
+        ("write window after the RegisterPerson rounds (ms)", window_ms, "adaptive"),
         ("plain Python loop (ns per addition)", loop_ns, "this machine's speed now"),
     ]
     for label, value, note in rows:
@@ -516,6 +519,7 @@ async def run(dsn: str) -> None:
     print(f"register_loop_busy={register.loop_busy:.2f}")
     if register.loop_runnable is not None:
         print(f"register_loop_waiting_for_cpu={register.loop_runnable:.2f}")
+    print(f"register_write_window_ms={window_ms:.2f}")
     print(f"python_loop_ns={loop_ns:.1f}")
     # The issue's four figures last, in its order.
     print(f"search_p99_ms={quantiles[98]:.2f}")
