@@ -26,6 +26,14 @@ def window(busy, **options) -> AdaptiveWindow:
     return AdaptiveWindow(0.001, 0.008, period=0.05, step=1.25, busy_clock=busy, **options)
 
 
+def begun(value: float = 0.005) -> tuple[Busy, AdaptiveWindow]:
+    """A busy clock and a window whose first period started at loop time 0."""
+    busy = Busy()
+    adaptive = window(busy)
+    assert adaptive.adjust(value, 0.0) == value  # the first call starts a period
+    return busy, adaptive
+
+
 def run_period(adaptive: AdaptiveWindow, busy: Busy, value: float, start: float, share: float):
     """Groups held every 5 ms for a little over one period, the loop busy `share` of the
     time: the window after it, and the loop time it ended at."""
@@ -38,9 +46,7 @@ def run_period(adaptive: AdaptiveWindow, busy: Busy, value: float, start: float,
 
 
 def test_an_idle_loop_shrinks_the_window_and_a_busy_one_grows_it():
-    busy = Busy()
-    adaptive = window(busy)
-    assert adaptive.adjust(0.005, 0.0) == 0.005  # the first call starts a period
+    busy, adaptive = begun()
     idle, now = run_period(adaptive, busy, 0.005, 0.0, share=0.6)
     assert idle == pytest.approx(0.005 / 1.25)
     assert (adaptive.shrunk, adaptive.grew) == (1, 0)
@@ -50,18 +56,14 @@ def test_an_idle_loop_shrinks_the_window_and_a_busy_one_grows_it():
 
 
 def test_between_the_two_thresholds_the_window_stays():
-    busy = Busy()
-    adaptive = window(busy)
-    adaptive.adjust(0.004, 0.0)
+    busy, adaptive = begun(0.004)
     value, _ = run_period(adaptive, busy, 0.004, 0.0, share=0.87)
     assert value == 0.004
     assert (adaptive.shrunk, adaptive.grew) == (0, 0)
 
 
 def test_the_window_is_changed_once_a_period_not_at_every_group():
-    busy = Busy()
-    adaptive = window(busy)
-    adaptive.adjust(0.005, 0.0)
+    busy, adaptive = begun()
     busy.seconds += 0.01
     # 20 ms in, with the loop idle half of it: too soon to judge.
     assert adaptive.adjust(0.005, 0.02) == 0.005
@@ -72,10 +74,8 @@ def test_the_window_is_changed_once_a_period_not_at_every_group():
 
 
 def test_the_window_never_leaves_its_bounds():
-    busy = Busy()
-    adaptive = window(busy)
+    busy, adaptive = begun()
     value, now = 0.005, 0.0
-    adaptive.adjust(value, now)
     for _ in range(20):
         value, now = run_period(adaptive, busy, value, now, share=0.1)
     assert value == pytest.approx(0.001)
@@ -87,9 +87,7 @@ def test_the_window_never_leaves_its_bounds():
 
 
 def test_a_quiet_spell_starts_a_fresh_period_rather_than_counting_as_idle():
-    busy = Busy()
-    adaptive = window(busy)
-    adaptive.adjust(0.005, 0.0)
+    busy, adaptive = begun()
     # Nothing held for a second (no load, or lone appends): the loop was idle, but not
     # because of the window, which must not shrink for it.
     busy.seconds += 0.01
