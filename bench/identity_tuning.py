@@ -81,10 +81,10 @@ def ms_list(text: str) -> list[float]:
 def windows_list(text: str) -> list[float | None]:
     """Milliseconds, and `auto` for the adaptive window."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
-    fixed = [p for p in parts if p != "auto"]
-    if fixed or not parts:
-        return [*ms_list(",".join(fixed)), *([None] if "auto" in parts else [])]
-    return [None]
+    auto: list[float | None] = [None] if "auto" in parts else []
+    fixed = [part for part in parts if part != "auto"]
+    # ms_list refuses an empty list: only `auto` alone may have no milliseconds.
+    return [*(ms_list(",".join(fixed)) if fixed or not auto else []), *auto]
 
 
 async def run(
