@@ -13,9 +13,12 @@ fifth of the time.
 measures how much of the time the event loop's thread was busy: running, or ready to run
 and waiting for a core (Linux's schedstat). A loop idle while groups are held is waiting
 for the window: the window shrinks. A loop busy nearly all the time is short of CPU: the
-window grows, so each append costs less. Between the two it stays. Where schedstat
-cannot be read, the window stays as configured: CPU time alone would mistake a loop
-waiting for a core for an idle one, and shrink the window just when CPU is short.
+window grows, so each append costs less, up to `most`: past some window the loop idles
+again while callers wait, and it can still count as busy while it waits for a core when
+every core is saturated (the identity service caps the window at its 5 ms start: on such
+a machine it climbed to 7 ms and served a tenth less). Between the two it stays. Where
+schedstat cannot be read, the window stays as configured: CPU time alone would mistake a
+loop waiting for a core for an idle one, and shrink the window just when CPU is short.
 """
 
 from __future__ import annotations
