@@ -48,10 +48,12 @@ BATCH_INTERVAL = 0.05
 # window starts at 5 ms and adapts between 1 and 5 ms to keep the event loop busy
 # (`libs.eventstore.window`): 0.37 of echo with 16 callers, as the best fixed window did
 # (against 0.34 at 5 ms), and 1,463 commands/s with 4 (2.7 ms each; the window at 1 ms).
-# No machine did better above 5 ms. Allowed up to 8 ms, on a machine whose two cores were
-# both saturated (register_vs_echo's CPU ceiling 0.33), the window climbed to 7 ms and
-# the loop idled: 0.27 of echo against 0.30 capped at 5 ms and 0.30 fixed at 5 ms (four
-# alternating rounds each, rounds 0.26-0.28 against 0.29-0.31).
+# No machine did better above 5 ms, so 5 ms is also the most. Allowed up to 8 ms, on a
+# machine whose two cores were both saturated (register_vs_echo's CPU ceiling 0.33), the
+# window climbed to 7 ms and the loop idled: 1,920 commands/s (0.27 of echo) against
+# 2,125 (0.30) capped at 5 ms and 2,115 (0.30) fixed at 5 ms, four alternating rounds
+# each. Later, with the same machine half as fast, the loop stayed busy even at 8 ms and
+# the cap made no difference (943 against 948/s, 1,051 against 1,067/s; eight rounds).
 WRITE_WINDOW = 0.005
 WRITE_WINDOW_LEAST, WRITE_WINDOW_MOST = 0.001, 0.005
 # Under steady writes the store sends at most one NOTIFY per 50 ms (the library's default
