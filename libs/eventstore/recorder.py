@@ -105,6 +105,16 @@ class _PendingAppend:
 
 _STOP: Final = object()
 
+# The writer's statements are all index probes, and they are prepared once per
+# connection. PostgreSQL keeps a prepared statement's generic plan, made for the table's
+# size when it was chosen, until the next ANALYZE: on a new store that plan scans the few
+# pages there are for earlier commands (`command_id = ANY`), and goes on scanning the
+# whole store as it grows, up to a minute (autovacuum's nap) or more. Ruling out
+# sequential scans keeps every plan the writer makes on the indexes. (Returned to the
+# pool, the connection is set back.)
+WRITER_SESSION: Final = "SET enable_seqscan = off"
+WRITER_SESSION_RESET: Final = "RESET enable_seqscan"
+
 
 class _Queries:
     def __init__(self, schema: str) -> None:
@@ -365,13 +375,17 @@ class EventStore:
             # left waiting. Whether a group being written committed is unknown.
             for pending in batch:
                 _settle(pending, EventStoreError("append outcome unknown: the writer stopped"))
-            await self._release_writer_connection()
             while not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is not _STOP and not item.future.done():
                     item.future.set_exception(
                         EventStoreClosedError(f"event store {self.schema!r} closed")
                     )
+            # Nothing more is taken from the queue: an append from now on starts a new
+            # writer, which takes a connection of its own while this one goes back.
+            if self._writer is asyncio.current_task():
+                self._writer = None
+            await self._release_writer_connection()
 
     async def _gather(self) -> None:
         """Waits until `batch_window` after the last group started, so that appends
@@ -461,16 +475,24 @@ class EventStore:
             await self._release_writer_connection(broken=True)
         if self._writer_conn is None:
             self._writer_conn = await self.pool.acquire()
+            await self._writer_conn.execute(WRITER_SESSION)
         return self._writer_conn
 
     async def _release_writer_connection(self, *, broken: bool = False) -> None:
         conn, self._writer_conn = self._writer_conn, None
         if conn is None:
             return
-        with contextlib.suppress(Exception):  # a detached proxy raises; it is back already
-            if broken:
-                conn.terminate()
-            await self.pool.release(conn)
+        reset = False
+        try:
+            if not broken:  # the pool does not reset sessions (see `create_pool`)
+                with contextlib.suppress(Exception):
+                    await conn.execute(WRITER_SESSION_RESET)
+                    reset = True
+        finally:
+            with contextlib.suppress(Exception):  # a detached proxy raises; it is back already
+                if not reset:
+                    conn.terminate()
+                await self.pool.release(conn)
 
     async def _run_notifier(self) -> None:
         # One NOTIFY per burst of commits, sent outside the write transactions: PostgreSQL

@@ -290,6 +290,33 @@ async def test_the_writer_outlives_its_session_ending_under_an_append(store, poo
     assert retried.last_position == await store.head_position()
 
 
+async def test_the_writer_finds_earlier_commands_by_index_with_plans_made_on_an_empty_store(
+    store,
+):
+    # After a prepared statement's first five runs, PostgreSQL may settle on a generic
+    # plan, made for the table's size then, and keep it until the table is next analysed.
+    # Made while the store was nearly empty, a plan that scanned the table for earlier
+    # commands would go on scanning it as it grew. Here the generic plan is forced.
+    await store.append(events(uuid4(), [1]), command_id=uuid4())
+    writer = store._writer_conn
+    statements = await writer.fetch(
+        "SELECT name FROM pg_prepared_statements WHERE statement LIKE '%command_id = ANY%' "
+        "AND statement NOT LIKE '%pg_prepared_statements%'"  # not this query
+    )
+    assert statements  # the optimistic check, or the locking one
+    asked = "'{" + ",".join(str(uuid4()) for _ in range(5)) + "}'"
+    await writer.execute("SET plan_cache_mode = force_generic_plan")
+    try:
+        for (name,) in statements:
+            plan = "\n".join(
+                row[0] for row in await writer.fetch(f"EXPLAIN EXECUTE {name}({asked}, {asked})")
+            )
+            assert "stored_events_command_id_idx" in plan, plan
+            assert "Seq Scan on stored_events " not in plan, plan
+    finally:
+        await writer.execute("RESET plan_cache_mode")
+
+
 async def test_a_batch_window_gathers_appends_arriving_together_into_fewer_groups(pool, schema):
     store = EventStore(pool, schema, batch_window=0.3)
     try:
