@@ -35,11 +35,10 @@ def session_ended(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Nothing to reset: the event store's writer sets its one setting back before its
-    connection goes back (see `recorder.WRITER_SESSION`), we release any session advisory
-    lock before the connection goes back (`verify_projection` holds one while it works),
-    and LISTEN only on a connection that unlistens before it goes back (asyncpg still
-    rolls back any open transaction first)."""
+    """Nothing to reset: we set no session state, release any session advisory lock
+    before the connection goes back (`verify_projection` holds one while it works), and
+    LISTEN only on a connection that unlistens before it goes back (asyncpg still rolls
+    back any open transaction first)."""
 
 
 async def create_pool(

@@ -105,16 +105,6 @@ class _PendingAppend:
 
 _STOP: Final = object()
 
-# The writer's statements are all index probes, and they are prepared once per
-# connection. PostgreSQL keeps a prepared statement's generic plan, made for the table's
-# size when it was chosen, until the next ANALYZE: on a new store that plan scans the few
-# pages there are for earlier commands (`command_id = ANY`), and goes on scanning the
-# whole store as it grows, up to a minute (autovacuum's nap) or more. Ruling out
-# sequential scans keeps every plan the writer makes on the indexes. (Returned to the
-# pool, the connection is set back.)
-WRITER_SESSION: Final = "SET enable_seqscan = off"
-WRITER_SESSION_RESET: Final = "RESET enable_seqscan"
-
 
 class _Queries:
     def __init__(self, schema: str) -> None:
@@ -137,9 +127,12 @@ class _Queries:
             FROM head
             UNION ALL {{checks}}
         """
-        # One index probe per stream (newest version first), whatever the planner's
-        # statistics say: a plain `= ANY($1)` turns into a sequential scan on a table
-        # the planner has not analysed yet, and then every append reads the whole store.
+        # One index probe per stream (newest version first) and one per command,
+        # whatever the planner's statistics say. A plain `= ANY($n)` can turn into a
+        # sequential scan on a table the planner has not analysed yet, and PostgreSQL
+        # keeps a prepared statement's generic plan until the next ANALYZE: then every
+        # append reads the whole store. (`OFFSET 0` keeps each command's probe a
+        # subquery of its own, which the planner would otherwise turn into a join.)
         self.checks = f"""
             SELECT 1, newest.originator_id, newest.originator_version, NULL, newest.hash,
                    NULL, NULL
@@ -150,9 +143,14 @@ class _Queries:
                 ORDER BY originator_version DESC LIMIT 1
             ) AS newest
             UNION ALL
-            SELECT 2, originator_id, originator_version, recorded_at, command_digest,
-                   command_id, notification_id
-            FROM {s}.stored_events WHERE command_id = ANY($2::uuid[])
+            SELECT 2, done.*
+            FROM unnest($2::uuid[]) AS asked(id)
+            CROSS JOIN LATERAL (
+                SELECT originator_id, originator_version, recorded_at, command_digest,
+                       command_id, notification_id
+                FROM {s}.stored_events WHERE command_id = asked.id
+                OFFSET 0
+            ) AS done
         """
         self.lock_and_check = self.lock_and_check.format(checks=self.checks)
         self.recheck = f"SELECT * FROM ({self.checks}) AS checks"
@@ -475,24 +473,16 @@ class EventStore:
             await self._release_writer_connection(broken=True)
         if self._writer_conn is None:
             self._writer_conn = await self.pool.acquire()
-            await self._writer_conn.execute(WRITER_SESSION)
         return self._writer_conn
 
     async def _release_writer_connection(self, *, broken: bool = False) -> None:
         conn, self._writer_conn = self._writer_conn, None
         if conn is None:
             return
-        reset = False
-        try:
-            if not broken:  # the pool does not reset sessions (see `create_pool`)
-                with contextlib.suppress(Exception):
-                    await conn.execute(WRITER_SESSION_RESET)
-                    reset = True
-        finally:
-            with contextlib.suppress(Exception):  # a detached proxy raises; it is back already
-                if not reset:
-                    conn.terminate()
-                await self.pool.release(conn)
+        with contextlib.suppress(Exception):  # a detached proxy raises; it is back already
+            if broken:
+                conn.terminate()
+            await self.pool.release(conn)
 
     async def _run_notifier(self) -> None:
         # One NOTIFY per burst of commits, sent outside the write transactions: PostgreSQL
