@@ -391,6 +391,38 @@ async def test_a_writer_stopped_while_holding_a_group_fails_its_callers_and_is_r
         await store.close()
 
 
+class _HeldReleases:
+    """A pool whose releases wait until `go_on` is set."""
+
+    def __init__(self, pool) -> None:
+        self._pool = pool
+        self.releasing = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._pool, name)
+
+    async def release(self, conn) -> None:
+        self.releasing.set()
+        await self.go_on.wait()
+        await self._pool.release(conn)
+
+
+async def test_an_append_while_a_stopped_writer_gives_its_connection_back_lands(pool, schema):
+    held = _HeldReleases(pool)
+    store = EventStore(held, schema)
+    try:
+        await store.append(events(uuid4(), [1]))
+        store._writer.cancel()
+        await asyncio.wait_for(held.releasing.wait(), 5)
+        # The stopped writer is still giving its connection back: a new one takes this.
+        appended = await asyncio.wait_for(store.append(events(uuid4(), [1])), 5)
+        assert appended.positions == (2,)
+    finally:
+        held.go_on.set()
+        await store.close()
+
+
 async def test_a_closed_store_refuses_appends(pool, schema):
     store = EventStore(pool, schema)
     await store.append(events(uuid4(), [1]))
