@@ -188,15 +188,15 @@ class SearchIndex:
                    (SELECT count(*) FROM {s}.search_identifier)
             FROM {s}.search_person
         """
-        self._delete_names = f"DELETE FROM {s}.search_name WHERE person_id = ANY($1::uuid[])"
+        # One statement per person, run as a batch: an equality on the key keeps even a
+        # generic plan made while the table was small on its index (`= ANY` did not).
+        self._delete_names = f"DELETE FROM {s}.search_name WHERE person_id = $1"
         self._insert_names = f"""
             INSERT INTO {s}.search_name SELECT * FROM unnest($1::uuid[], $2::int4[],
                 $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
                 $9::date[])
         """
-        self._delete_identifiers = (
-            f"DELETE FROM {s}.search_identifier WHERE person_id = ANY($1::uuid[])"
-        )
+        self._delete_identifiers = f"DELETE FROM {s}.search_identifier WHERE person_id = $1"
         self._insert_identifiers = f"""
             INSERT INTO {s}.search_identifier SELECT * FROM unnest($1::text[], $2::text[],
                 $3::uuid[])
@@ -209,10 +209,16 @@ class SearchIndex:
         # name); without a date, both names' sounds, or the family name's alone when
         # that is all the query gives. Sounds are also read with the query's names
         # swapped (its given name as the family name). A date alone must be exact.
+        # Lookups by a key the query gives read each key's entries through its own
+        # LATERAL ... OFFSET 0 probe, and each candidate likewise: a plan PostgreSQL
+        # makes once, while the tables are small, then keeps (a generic plan) cannot
+        # turn them into scans of the whole table.
         self._search = f"""
             WITH blocked AS (
-                (SELECT person_id, 0 AS block, NULL::int AS most FROM {s}.search_identifier
-                  WHERE (type, value) IN (SELECT * FROM unnest($1::text[], $2::text[])))
+                (SELECT i.person_id, 0 AS block, NULL::int AS most
+                  FROM unnest($1::text[], $2::text[]) AS asked(type, value)
+                  CROSS JOIN LATERAL (SELECT person_id FROM {s}.search_identifier
+                    WHERE type = asked.type AND value = asked.value OFFSET 0) AS i)
                 UNION ALL
                 (SELECT person_id, 1, {CANDIDATE_LIMIT} FROM {s}.search_name
                   WHERE $3::date IS NOT NULL AND date_of_birth = $3
@@ -231,17 +237,21 @@ class SearchIndex:
                     AND date_of_birth = ANY($6::date[])
                   LIMIT {CANDIDATE_LIMIT + 1})
                 UNION ALL
-                (SELECT person_id, 4, {CANDIDATE_LIMIT} FROM {s}.search_name
+                (SELECT n.person_id, 4, {CANDIDATE_LIMIT}
+                  FROM (SELECT f, g FROM unnest($5::text[]) f, unnest($7::text[]) g
+                        UNION SELECT g, f FROM unnest($5::text[]) f, unnest($7::text[]) g)
+                    AS sounds(family, given)
+                  CROSS JOIN LATERAL (SELECT person_id FROM {s}.search_name
+                    WHERE family_phonetic = sounds.family AND given_phonetic = sounds.given
+                    OFFSET 0) AS n
                   WHERE $3::date IS NULL
-                    AND ((family_phonetic = ANY($5::text[])
-                          AND given_phonetic = ANY($7::text[]))
-                         OR (family_phonetic = ANY($7::text[])
-                             AND given_phonetic = ANY($5::text[])))
                   LIMIT {CANDIDATE_LIMIT + 1})
                 UNION ALL
-                (SELECT person_id, 5, {BROAD_CANDIDATE_LIMIT} FROM {s}.search_name
+                (SELECT n.person_id, 5, {BROAD_CANDIDATE_LIMIT}
+                  FROM unnest($5::text[]) AS sound(family)
+                  CROSS JOIN LATERAL (SELECT person_id FROM {s}.search_name
+                    WHERE family_phonetic = sound.family OFFSET 0) AS n
                   WHERE $3::date IS NULL AND cardinality($7::text[]) = 0
-                    AND family_phonetic = ANY($5::text[])
                   LIMIT {BROAD_CANDIDATE_LIMIT + 1})
                 UNION ALL
                 (SELECT person_id, 6, {CANDIDATE_LIMIT} FROM {s}.search_name
@@ -258,27 +268,31 @@ class SearchIndex:
                    -- block has left some unread.
                    EXISTS (SELECT FROM blocked GROUP BY block, most
                            HAVING count(*) > most) AS incomplete
-            FROM {s}.search_person p
-            WHERE p.person_id IN (SELECT person_id FROM blocked) AND p.status = 'ACTIVE'
+            FROM (SELECT DISTINCT person_id FROM blocked) AS b
+            CROSS JOIN LATERAL (SELECT * FROM {s}.search_person
+              WHERE person_id = b.person_id AND status = 'ACTIVE' OFFSET 0) AS p
         """
         # The people marked as not this person: marked on it, or on anyone merged into
         # it (directly or through another merge); each followed along its own merges
-        # to whoever it is part of now.
+        # to whoever it is part of now. Each step reads by key, as the search does.
         self._kept_apart = f"""
             WITH RECURSIVE merged(person_id) AS (
                 SELECT $1::uuid
                 UNION
-                SELECT p.person_id FROM {s}.search_person p
-                JOIN merged m ON p.merged_into = m.person_id
-                WHERE p.status = 'MERGED'
+                SELECT p.person_id FROM merged m
+                CROSS JOIN LATERAL (SELECT person_id FROM {s}.search_person
+                  WHERE merged_into = m.person_id AND status = 'MERGED' OFFSET 0) AS p
             ), marked(person_id, hops) AS (
                 SELECT DISTINCT unnest(p.not_duplicates), 0
-                FROM {s}.search_person p JOIN merged USING (person_id)
+                FROM merged m
+                CROSS JOIN LATERAL (SELECT not_duplicates FROM {s}.search_person
+                  WHERE person_id = m.person_id OFFSET 0) AS p
                 UNION
                 SELECT p.merged_into, m.hops + 1 FROM marked m
-                JOIN {s}.search_person p USING (person_id)
-                WHERE p.status = 'MERGED' AND p.merged_into IS NOT NULL
-                  AND m.hops < {MAX_REDIRECTS}
+                CROSS JOIN LATERAL (SELECT merged_into FROM {s}.search_person
+                  WHERE person_id = m.person_id AND status = 'MERGED'
+                    AND merged_into IS NOT NULL OFFSET 0) AS p
+                WHERE m.hops < {MAX_REDIRECTS}
             )
             SELECT coalesce(array_agg(DISTINCT person_id), '{{}}') FROM marked
         """
@@ -314,10 +328,10 @@ class SearchIndex:
         await conn.execute(
             self._upsert_person, *zip(*(p.person_row() for p in people), strict=True)
         )
-        known = [p.id for p in people if p.version > 1]
+        known = [(p.id,) for p in people if p.version > 1]
         if known:  # a registration has no earlier rows to replace
-            await conn.execute(self._delete_names, known)
-            await conn.execute(self._delete_identifiers, known)
+            await conn.executemany(self._delete_names, known)
+            await conn.executemany(self._delete_identifiers, known)
         active = [p for p in people if p.status == Status.ACTIVE.value]
         name_rows = [row for p in active for row in p.name_rows()]
         if name_rows:

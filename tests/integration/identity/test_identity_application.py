@@ -441,6 +441,47 @@ async def test_a_not_duplicate_decision_follows_the_people_through_a_merge(ident
     assert await duplicates_of(c, unmerged.position) == {b}
 
 
+async def test_the_search_index_reads_by_key_with_plans_made_while_it_is_small(identity, pool):
+    # After a prepared statement's first five runs, PostgreSQL may settle on a generic
+    # plan, made for the table's size then, and keep it until the table is next analysed
+    # (on a new database, a minute or more). One that scanned a table while the index
+    # was small would go on scanning it as it grew. Here the generic plan is forced.
+    app = identity.application
+    a = (await register(app, ids=[PNC], aliases=[Name("Nan", "Example")])).person_id
+    b = (await register(app, given="Anne", ids=[NOMS])).person_id
+    c = (await register(app, given="Annie")).person_id
+    await app.merge_people(uuid4(), a, b, "same")
+    await app.mark_not_duplicate(uuid4(), a, c, "different fingerprints")
+    await app.wait_for_index(await identity.store.head_position())
+    index = app.search_index
+    asked = {
+        "search": (
+            index._search,
+            "'{PNC}', '{x}', '1980-05-17', '{EX}', '{E251}', '{1980-05-17}', '{A500}'",
+        ),
+        "search_no_date": (index._search, "'{}', '{}', NULL, '{}', '{E251}', '{}', '{A500}'"),
+        "search_family_sound": (index._search, "'{}', '{}', NULL, '{}', '{E251}', '{}', '{}'"),
+        "kept_apart": (index._kept_apart, f"'{a}'"),
+        "profile": (index._profile, f"'{a}'"),
+        "delete_names": (index._delete_names, f"'{a}'"),
+        "delete_identifiers": (index._delete_identifiers, f"'{a}'"),
+    }
+    async with pool.acquire() as conn:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        try:
+            for name, (statement, arguments) in asked.items():
+                await conn.execute(f"PREPARE {name} AS {statement}")
+                try:
+                    rows = await conn.fetch(f"EXPLAIN EXECUTE {name}({arguments})")
+                finally:
+                    await conn.execute(f"DEALLOCATE {name}")
+                plan = "\n".join(row[0] for row in rows)
+                assert "Seq Scan on search_" not in plan, (name, plan)
+                assert "Index" in plan, (name, plan)
+        finally:
+            await conn.execute("RESET plan_cache_mode")
+
+
 async def test_an_unmerge_must_start_from_the_latest_merge(identity):
     app = identity.application
     a = (await register(app, ids=[PNC])).person_id
