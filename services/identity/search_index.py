@@ -225,16 +225,22 @@ class SearchIndex:
                     AND (family_prefix = ANY($4::text[]) OR given_prefix = ANY($4::text[]))
                   LIMIT {CANDIDATE_LIMIT + 1})
                 UNION ALL
-                (SELECT person_id, 2, {CANDIDATE_LIMIT} FROM {s}.search_name
-                  WHERE date_of_birth = ANY($6::date[])
-                    AND (family_phonetic = ANY($5::text[])
-                         OR (family_phonetic = ANY($7::text[])
-                             AND given_phonetic = ANY($5::text[])))
+                (SELECT n.person_id, 2, {CANDIDATE_LIMIT}
+                  FROM (SELECT DISTINCT unnest($5::text[] || $7::text[])) AS sound(family)
+                  CROSS JOIN (SELECT DISTINCT unnest($6::date[])) AS day(dob)
+                  CROSS JOIN LATERAL (SELECT person_id FROM {s}.search_name
+                    WHERE family_phonetic = sound.family AND date_of_birth = day.dob
+                      AND (family_phonetic = ANY($5::text[])
+                           OR given_phonetic = ANY($5::text[]))
+                    OFFSET 0) AS n
                   LIMIT {CANDIDATE_LIMIT + 1})
                 UNION ALL
-                (SELECT person_id, 3, {CANDIDATE_LIMIT} FROM {s}.search_name
-                  WHERE cardinality($5::text[]) = 0 AND given_phonetic = ANY($7::text[])
-                    AND date_of_birth = ANY($6::date[])
+                (SELECT n.person_id, 3, {CANDIDATE_LIMIT}
+                  FROM (SELECT DISTINCT unnest($6::date[])) AS day(dob)
+                  CROSS JOIN LATERAL (SELECT person_id FROM {s}.search_name
+                    WHERE date_of_birth = day.dob AND given_phonetic = ANY($7::text[])
+                    OFFSET 0) AS n
+                  WHERE cardinality($5::text[]) = 0
                   LIMIT {CANDIDATE_LIMIT + 1})
                 UNION ALL
                 (SELECT n.person_id, 4, {CANDIDATE_LIMIT}

@@ -24,6 +24,7 @@ from services.identity.bootstrap import WRITE_WINDOW_LEAST, WRITE_WINDOW_MOST, b
 from services.identity.domain import Name, Sex
 from services.identity.identifiers import parse_identifier
 from services.identity.search_index import BROAD_CANDIDATE_LIMIT
+from services.identity.synthetic import population
 from tests.conftest import new_schema_name
 from tests.unit.identity.test_person import ALIREZA
 
@@ -445,13 +446,23 @@ async def test_the_search_index_reads_by_key_with_plans_made_while_it_is_small(i
     # After a prepared statement's first five runs, PostgreSQL may settle on a generic
     # plan, made for the table's size then, and keep it until the table is next analysed
     # (on a new database, a minute or more). One that scanned a table while the index
-    # was small would go on scanning it as it grew. Here the generic plan is forced.
+    # was small would go on scanning it as it grew. Here the generic plan is forced; it
+    # is one plan for any arguments.
     app = identity.application
     a = (await register(app, ids=[PNC], aliases=[Name("Nan", "Example")])).person_id
     b = (await register(app, given="Anne", ids=[NOMS])).person_id
     c = (await register(app, given="Annie")).person_id
     await app.merge_people(uuid4(), a, b, "same")
     await app.mark_not_duplicate(uuid4(), a, c, "different fingerprints")
+    # Enough people that PostgreSQL 15 and 18 both planned scans of search_name for
+    # SearchPeople's sound blocks as they were written before.
+    people = population(1000)
+    await asyncio.gather(
+        *(
+            register(app, given=p.name.given_names, family=p.name.family_name, dob=p.date_of_birth)
+            for p in people
+        )
+    )
     await app.wait_for_index(await identity.store.head_position())
     index = app.search_index
     asked = {
@@ -459,8 +470,6 @@ async def test_the_search_index_reads_by_key_with_plans_made_while_it_is_small(i
             index._search,
             "'{PNC}', '{x}', '1980-05-17', '{EX}', '{E251}', '{1980-05-17}', '{A500}'",
         ),
-        "search_no_date": (index._search, "'{}', '{}', NULL, '{}', '{E251}', '{}', '{A500}'"),
-        "search_family_sound": (index._search, "'{}', '{}', NULL, '{}', '{E251}', '{}', '{}'"),
         "kept_apart": (index._kept_apart, f"'{a}'"),
         "profile": (index._profile, f"'{a}'"),
         "delete_names": (index._delete_names, f"'{a}'"),
