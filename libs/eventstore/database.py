@@ -48,14 +48,27 @@ async def create_pool(
     Its sessions show as `application_name` in pg_stat_activity.
 
     asyncpg's default release sends a reset query (a round trip) every time a connection
-    goes back to the pool; ours are released clean, so that query is skipped."""
+    goes back to the pool; ours are released clean, so that query is skipped.
+
+    Every statement runs on a generic plan: planned once per connection, never again
+    per run. Left to choose, PostgreSQL plans a statement's first five runs for their
+    arguments, then keeps a generic plan only if its estimate is no worse, so some
+    statements (SearchPeople's) were planned on every run, which cost more than running
+    them; and a generic plan it did keep was made for the tables' size then. Our SQL is
+    written to have one right plan at any size and for any arguments: lookups by a key
+    the caller gives probe that key's index (`LATERAL ... OFFSET 0` per key where there
+    are several), and the tests check those plans with generic plans forced."""
     return await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         reset=_keep_session,
-        # Our queries are small and frequent; JIT compilation only adds latency.
-        server_settings={"jit": "off", "application_name": application_name},
+        server_settings={
+            # Our queries are small and frequent; JIT compilation only adds latency.
+            "jit": "off",
+            "plan_cache_mode": "force_generic_plan",
+            "application_name": application_name,
+        },
     )
 
 

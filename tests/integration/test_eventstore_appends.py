@@ -317,6 +317,20 @@ async def test_the_writer_finds_earlier_commands_by_index_with_plans_made_on_an_
         await writer.execute("RESET plan_cache_mode")
 
 
+async def test_statements_on_the_pool_are_planned_once_generically(pool):
+    # Left to itself, PostgreSQL plans a prepared statement's first five runs for their
+    # arguments (custom plans), each time. Our pool asks for the generic plan at once.
+    statement = "SELECT count(*) FROM pg_class WHERE relpages > $1"
+    async with pool.acquire() as conn:
+        for pages in range(3):
+            await conn.fetchval(statement, pages)
+        generic, custom = await conn.fetchrow(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+            statement,
+        )
+    assert (generic, custom) == (3, 0)
+
+
 async def test_a_batch_window_gathers_appends_arriving_together_into_fewer_groups(pool, schema):
     store = EventStore(pool, schema, batch_window=0.3)
     try:
