@@ -236,9 +236,10 @@ class SearchIndex:
                   LIMIT {CANDIDATE_LIMIT + 1})
                 UNION ALL
                 (SELECT n.person_id, 3, {CANDIDATE_LIMIT}
-                  FROM (SELECT DISTINCT unnest($6::date[])) AS day(dob)
+                  FROM unnest($7::text[]) AS sound(given)
+                  CROSS JOIN (SELECT DISTINCT unnest($6::date[])) AS day(dob)
                   CROSS JOIN LATERAL (SELECT person_id FROM {s}.search_name
-                    WHERE date_of_birth = day.dob AND given_phonetic = ANY($7::text[])
+                    WHERE given_phonetic = sound.given AND date_of_birth = day.dob
                     OFFSET 0) AS n
                   WHERE cardinality($5::text[]) = 0
                   LIMIT {CANDIDATE_LIMIT + 1})

@@ -37,6 +37,9 @@ CREATE INDEX IF NOT EXISTS search_name_phonetic_dob_idx
     ON {schema}.search_name (family_phonetic, date_of_birth);
 CREATE INDEX IF NOT EXISTS search_name_phonetic_idx
     ON {schema}.search_name (family_phonetic, given_phonetic);
+-- For a search by given name and date of birth alone (no family name).
+CREATE INDEX IF NOT EXISTS search_name_given_phonetic_dob_idx
+    ON {schema}.search_name (given_phonetic, date_of_birth);
 
 -- Identifiers held by active people.
 CREATE TABLE IF NOT EXISTS {schema}.search_identifier (
