@@ -22,6 +22,7 @@ from libs.eventstore import (
     command_digest,
     create_schema,
 )
+from tests.plans import generic_plan
 
 
 @dataclass(frozen=True)
@@ -302,19 +303,10 @@ async def test_the_writer_finds_earlier_commands_by_index_with_plans_made_on_an_
     writer = store._writer_conn
     asked = "'{" + ",".join(str(uuid4()) for _ in range(5)) + "}'"
     checks = {"optimistic": store._q.check, "locking": store._q.lock_and_check}
-    await writer.execute("SET plan_cache_mode = force_generic_plan")
-    try:
-        for name, statement in checks.items():
-            await writer.execute(f"PREPARE {name} AS {statement}")
-            try:
-                rows = await writer.fetch(f"EXPLAIN EXECUTE {name}({asked}, {asked})")
-            finally:
-                await writer.execute(f"DEALLOCATE {name}")
-            plan = "\n".join(row[0] for row in rows)
-            assert "stored_events_command_id_idx" in plan, (name, plan)
-            assert "Seq Scan on stored_events " not in plan, (name, plan)
-    finally:
-        await writer.execute("RESET plan_cache_mode")
+    for name, statement in checks.items():
+        plan = await generic_plan(writer, statement, f"{asked}, {asked}")
+        assert "stored_events_command_id_idx" in plan, (name, plan)
+        assert "Seq Scan on stored_events " not in plan, (name, plan)
 
 
 async def test_statements_on_the_pool_are_planned_once_generically(pool):

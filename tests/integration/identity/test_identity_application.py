@@ -26,6 +26,7 @@ from services.identity.identifiers import parse_identifier
 from services.identity.search_index import BROAD_CANDIDATE_LIMIT
 from services.identity.synthetic import population
 from tests.conftest import new_schema_name
+from tests.plans import generic_plan
 from tests.unit.identity.test_person import ALIREZA
 
 PNC = parse_identifier("PNC", "12/394773H")
@@ -476,19 +477,10 @@ async def test_the_search_index_reads_by_key_with_plans_made_while_it_is_small(i
         "delete_identifiers": (index._delete_identifiers, f"'{a}'"),
     }
     async with pool.acquire() as conn:
-        await conn.execute("SET plan_cache_mode = force_generic_plan")
-        try:
-            for name, (statement, arguments) in asked.items():
-                await conn.execute(f"PREPARE {name} AS {statement}")
-                try:
-                    rows = await conn.fetch(f"EXPLAIN EXECUTE {name}({arguments})")
-                finally:
-                    await conn.execute(f"DEALLOCATE {name}")
-                plan = "\n".join(row[0] for row in rows)
-                assert "Seq Scan on search_" not in plan, (name, plan)
-                assert "Index" in plan, (name, plan)
-        finally:
-            await conn.execute("RESET plan_cache_mode")
+        for name, (statement, arguments) in asked.items():
+            plan = await generic_plan(conn, statement, arguments)
+            assert "Seq Scan on search_" not in plan, (name, plan)
+            assert "Index" in plan, (name, plan)
 
 
 async def test_an_unmerge_must_start_from_the_latest_merge(identity):
