@@ -35,6 +35,8 @@ from services.identity.matching import (
 )
 
 SQL = Path(__file__).parent / "sql" / "search_index.sql"
+# For an index made before search_person held each person's names and identifiers.
+UPGRADE_SQL = Path(__file__).parent / "sql" / "search_person_whole.sql"
 PROJECTION_NAME = "identity_search"
 CANDIDATE_LIMIT = 500
 # A family name alone, with no date of birth, can sound like tens of thousands of people.
@@ -43,12 +45,23 @@ CANDIDATE_LIMIT = 500
 # few of them, all scored alike: the caller has to narrow the search either way.
 BROAD_CANDIDATE_LIMIT = 100
 TABLES = ("search_person", "search_name", "search_identifier")
+UNIT_SEPARATOR = "\x1f"  # chr(31) in SQL
 
 
 async def create_search_index(conn: asyncpg.Connection, schema: str) -> None:
+    """Creates the index's tables if they are missing, and upgrades older ones."""
+    quoted = quote_schema(schema)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"search:{schema}")
-        await conn.execute(SQL.read_text().format(schema=quote_schema(schema)))
+        older = await conn.fetchval(
+            """SELECT NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = t.oid
+                                    AND attname = 'names' AND NOT attisdropped)
+               FROM (SELECT to_regclass($1) AS oid) AS t WHERE t.oid IS NOT NULL""",
+            f"{quoted}.search_person",
+        )
+        await conn.execute(SQL.read_text().format(schema=quoted))
+        if older:
+            await conn.execute(UPGRADE_SQL.read_text().format(schema=quoted))
 
 
 @dataclass(frozen=True)
@@ -122,9 +135,17 @@ class Indexed:
             tuple(Name.from_dict(a) for a in event.aliases),
         )
 
-    def person_row(self) -> tuple:
-        # Not-duplicates travel as one comma-separated string: unnest would flatten an
-        # array of arrays.
+    def name_keys(self) -> list[NameKey]:
+        """The current name, then the aliases, prepared for comparison."""
+        return [NameKey.of(n.given_names, n.family_name) for n in [self.name, *self.aliases]]
+
+    def person_row(self, keys: list[NameKey]) -> tuple:
+        # Lists travel as one string each (unnest would flatten an array of arrays):
+        # not-duplicates comma-separated; names and identifiers, which hold letters,
+        # spaces, digits, '/' and '|', separated by the unit separator.
+        active = self.status == Status.ACTIVE.value
+        names = [f"{key.given}|{key.family}" for key in keys] if active else []
+        identifiers = [f"{i.type.value}|{i.value}" for i in self.identifiers] if active else []
         return (
             self.id,
             self.name.given_names,
@@ -135,12 +156,13 @@ class Indexed:
             self.merged_into,
             ",".join(map(str, self.not_duplicates)),
             self.version,
+            UNIT_SEPARATOR.join(names),
+            UNIT_SEPARATOR.join(identifiers),
         )
 
-    def name_rows(self) -> list[tuple]:
+    def name_rows(self, keys: list[NameKey]) -> list[tuple]:
         rows = []
-        for ordinal, name in enumerate([self.name, *self.aliases]):
-            key = NameKey.of(name.given_names, name.family_name)
+        for ordinal, key in enumerate(keys):
             rows.append(
                 (
                     self.id,
@@ -169,18 +191,21 @@ class SearchIndex:
         s = quote_schema(schema)
         self._upsert_person = f"""
             INSERT INTO {s}.search_person AS p (person_id, given_names, family_name,
-                date_of_birth, sex, status, merged_into, not_duplicates, version)
+                date_of_birth, sex, status, merged_into, not_duplicates, version, names,
+                identifiers)
             SELECT person_id, given_names, family_name, date_of_birth, sex, status,
-                   merged_into, string_to_array(not_duplicates, ',')::uuid[], version
+                   merged_into, string_to_array(not_duplicates, ',')::uuid[], version,
+                   string_to_array(names, chr(31)), string_to_array(identifiers, chr(31))
             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::date[], $5::text[],
-                $6::text[], $7::uuid[], $8::text[], $9::int8[])
+                $6::text[], $7::uuid[], $8::text[], $9::int8[], $10::text[], $11::text[])
                 AS t(person_id, given_names, family_name, date_of_birth, sex, status,
-                     merged_into, not_duplicates, version)
+                     merged_into, not_duplicates, version, names, identifiers)
             ON CONFLICT (person_id) DO UPDATE SET given_names = excluded.given_names,
                 family_name = excluded.family_name, date_of_birth = excluded.date_of_birth,
                 sex = excluded.sex, status = excluded.status,
                 merged_into = excluded.merged_into, not_duplicates = excluded.not_duplicates,
-                version = excluded.version
+                version = excluded.version, names = excluded.names,
+                identifiers = excluded.identifiers
         """
         self._counts = f"""
             SELECT count(*) FILTER (WHERE status = 'ACTIVE'),
@@ -267,10 +292,7 @@ class SearchIndex:
                   LIMIT {CANDIDATE_LIMIT + 1})
             )
             SELECT p.person_id, p.given_names, p.family_name, p.date_of_birth, p.sex,
-                   ARRAY(SELECT n.given_norm || '|' || n.family_norm FROM {s}.search_name n
-                         WHERE n.person_id = p.person_id ORDER BY n.ordinal) AS names,
-                   ARRAY(SELECT i.type || '|' || i.value FROM {s}.search_identifier i
-                         WHERE i.person_id = p.person_id) AS identifiers,
+                   p.names, p.identifiers,
                    -- Each block reads one name more than it may use: finding it, the
                    -- block has left some unread.
                    EXISTS (SELECT FROM blocked GROUP BY block, most
@@ -304,11 +326,7 @@ class SearchIndex:
             SELECT coalesce(array_agg(DISTINCT person_id), '{{}}') FROM marked
         """
         self._profile = f"""
-            SELECT p.date_of_birth, p.sex,
-                   ARRAY(SELECT n.given_norm || '|' || n.family_norm FROM {s}.search_name n
-                         WHERE n.person_id = p.person_id ORDER BY n.ordinal) AS names,
-                   ARRAY(SELECT i.type || '|' || i.value FROM {s}.search_identifier i
-                         WHERE i.person_id = p.person_id) AS identifiers
+            SELECT p.date_of_birth, p.sex, p.names, p.identifiers
             FROM {s}.search_person p WHERE p.person_id = $1
         """
 
@@ -332,18 +350,19 @@ class SearchIndex:
             await self._write(conn, people)
 
     async def _write(self, conn: asyncpg.Connection, people: list[Indexed]) -> None:
+        prepared = [(p, p.name_keys()) for p in people]
         await conn.execute(
-            self._upsert_person, *zip(*(p.person_row() for p in people), strict=True)
+            self._upsert_person, *zip(*(p.person_row(k) for p, k in prepared), strict=True)
         )
         known = [(p.id,) for p in people if p.version > 1]
         if known:  # a registration has no earlier rows to replace
             await conn.executemany(self._delete_names, known)
             await conn.executemany(self._delete_identifiers, known)
-        active = [p for p in people if p.status == Status.ACTIVE.value]
-        name_rows = [row for p in active for row in p.name_rows()]
+        active = [(p, k) for p, k in prepared if p.status == Status.ACTIVE.value]
+        name_rows = [row for p, k in active for row in p.name_rows(k)]
         if name_rows:
             await conn.execute(self._insert_names, *zip(*name_rows, strict=True))
-        identifier_rows = [(i.type.value, i.value, p.id) for p in active for i in p.identifiers]
+        identifier_rows = [(i.type.value, i.value, p.id) for p, _ in active for i in p.identifiers]
         if identifier_rows:
             await conn.execute(self._insert_identifiers, *zip(*identifier_rows, strict=True))
 

@@ -10,7 +10,13 @@ CREATE TABLE IF NOT EXISTS {schema}.search_person (
     status text NOT NULL,
     merged_into uuid,
     not_duplicates uuid[] NOT NULL DEFAULT '{{}}',
-    version bigint NOT NULL
+    version bigint NOT NULL,
+    -- While active, the person's names ('given|family' normalised, the current name
+    -- first) and identifiers ('type|value', in order), so that a search reads each
+    -- candidate whole through one probe; empty once merged. (Last, as the upgrade in
+    -- search_person_whole.sql adds them to an older index.)
+    names text[] NOT NULL,
+    identifiers text[] NOT NULL
 );
 -- Who was merged into whom: followed to keep people marked as not the same apart.
 CREATE INDEX IF NOT EXISTS search_person_merged_into_idx

@@ -523,6 +523,61 @@ async def test_rebuilding_the_search_index_from_events_gives_the_same_index(iden
     assert await snapshot() == live
 
 
+async def test_an_index_from_before_people_were_kept_whole_is_upgraded_when_the_service_starts(
+    identity, pool
+):
+    """An index made before search_person held each person's names and identifiers gets
+    them, filled from its own rows, the same as the projection writes them."""
+    app = identity.application
+    a = await register(app, ids=[PNC, CRO], aliases=[Name("Nan", "Exàmple")])
+    b = await register(app, given="Anne", ids=[NOMS])
+    await app.merge_people(uuid4(), a.person_id, b.person_id, "same")
+    await app.wait_for_index(await identity.store.head_position())
+    schema = identity.store.schema
+    people = f'"{schema}".search_person'
+
+    async def whole() -> dict:
+        rows = await pool.fetch(f"SELECT person_id, names, identifiers FROM {people}")
+        return {r["person_id"]: (r["names"], r["identifiers"]) for r in rows}
+
+    written = await whole()
+    assert written == {
+        a.person_id: (
+            ["ann|example", "nan|example", "anne|example"],
+            [f"CRO|{CRO.value}", f"NOMS|{NOMS.value}", f"PNC|{PNC.value}"],
+        ),
+        b.person_id: ([], []),
+    }
+    await identity.close()
+    await pool.execute(f"ALTER TABLE {people} DROP COLUMN names, DROP COLUMN identifiers")
+    # Rows stored in the reverse of the order they are kept in: the upgrade must order.
+    for table, order in (("search_name", "ordinal"), ("search_identifier", "type, value")):
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(f'CREATE TEMP TABLE kept ON COMMIT DROP AS TABLE "{schema}".{table}')
+            await conn.execute(f'DELETE FROM "{schema}".{table}')
+            await conn.execute(
+                f'INSERT INTO "{schema}".{table} SELECT * FROM kept ORDER BY {order} DESC'
+            )
+
+    upgraded = await bootstrap(pool, schema=schema, cipher_key="")
+    assert await whole() == written
+    nullable = await pool.fetch(
+        "SELECT attname, attnotnull FROM pg_attribute WHERE attrelid = $1::regclass "
+        "AND attname IN ('names', 'identifiers') ORDER BY attname",
+        people,
+    )
+    assert [tuple(r) for r in nullable] == [("identifiers", True), ("names", True)]
+    found = await upgraded.application.search_people(
+        names=[Name("Nan", "Example")], date_of_birth=None, identifiers=[]
+    )
+    assert [c.person_id for c in found.candidates] == [a.person_id]
+    assert "alias matched" in " ".join(found.candidates[0].match.reasons)
+    await upgraded.close()
+    again = await bootstrap(pool, schema=schema, cipher_key="")  # nothing left to upgrade
+    assert await whole() == written
+    await again.close()
+
+
 async def test_retries_of_commands_that_changed_the_record_return_the_first_result(identity):
     app = identity.application
     person = await register(app)
