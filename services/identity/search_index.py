@@ -3,6 +3,8 @@ keys, and the queries that find and score candidates from it."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -47,6 +49,8 @@ BROAD_CANDIDATE_LIMIT = 100
 TABLES = ("search_person", "search_name", "search_identifier")
 UNIT_SEPARATOR = "\x1f"  # chr(31) in SQL
 
+log = logging.getLogger(__name__)
+
 
 async def create_search_index(conn: asyncpg.Connection, schema: str) -> None:
     """Creates the index's tables if they are missing, and upgrades older ones."""
@@ -61,7 +65,10 @@ async def create_search_index(conn: asyncpg.Connection, schema: str) -> None:
         )
         await conn.execute(SQL.read_text().format(schema=quoted))
         if older:
+            log.info("search index in %s: adding names and identifiers to people's rows", schema)
+            started = time.monotonic()
             await conn.execute(UPGRADE_SQL.read_text().format(schema=quoted))
+            log.info("search index in %s upgraded in %.1f s", schema, time.monotonic() - started)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import date
 from uuid import uuid4
 
@@ -524,7 +525,7 @@ async def test_rebuilding_the_search_index_from_events_gives_the_same_index(iden
 
 
 async def test_an_index_from_before_people_were_kept_whole_is_upgraded_when_the_service_starts(
-    identity, pool
+    identity, pool, caplog
 ):
     """An index made before search_person held each person's names and identifiers gets
     them, filled from its own rows, the same as the projection writes them."""
@@ -559,7 +560,9 @@ async def test_an_index_from_before_people_were_kept_whole_is_upgraded_when_the_
                 f'INSERT INTO "{schema}".{table} SELECT * FROM kept ORDER BY {order} DESC'
             )
 
-    upgraded = await bootstrap(pool, schema=schema, cipher_key="")
+    with caplog.at_level(logging.INFO, logger="services.identity.search_index"):
+        upgraded = await bootstrap(pool, schema=schema, cipher_key="")
+    assert f"search index in {schema} upgraded in " in caplog.text  # a long wait, explained
     assert await whole() == written
     nullable = await pool.fetch(
         "SELECT attname, attnotnull FROM pg_attribute WHERE attrelid = $1::regclass "
@@ -573,7 +576,10 @@ async def test_an_index_from_before_people_were_kept_whole_is_upgraded_when_the_
     assert [c.person_id for c in found.candidates] == [a.person_id]
     assert "alias matched" in " ".join(found.candidates[0].match.reasons)
     await upgraded.close()
-    again = await bootstrap(pool, schema=schema, cipher_key="")  # nothing left to upgrade
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="services.identity.search_index"):
+        again = await bootstrap(pool, schema=schema, cipher_key="")  # nothing left to upgrade
+    assert "upgraded" not in caplog.text
     assert await whole() == written
     await again.close()
 
