@@ -575,6 +575,8 @@ async def test_an_index_from_before_people_were_kept_whole_is_upgraded_when_the_
     )
     assert [c.person_id for c in found.candidates] == [a.person_id]
     assert "alias matched" in " ".join(found.candidates[0].match.reasons)
+    check = await upgraded.application.verify_search_index()  # against a rebuild from events
+    assert check.matches, check
     await upgraded.close()
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="services.identity.search_index"):
