@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 from pathlib import Path
 from uuid import UUID
 
@@ -142,16 +143,17 @@ class Indexed:
             tuple(Name.from_dict(a) for a in event.aliases),
         )
 
+    @cached_property
     def name_keys(self) -> list[NameKey]:
         """The current name, then the aliases, prepared for comparison."""
         return [NameKey.of(n.given_names, n.family_name) for n in [self.name, *self.aliases]]
 
-    def person_row(self, keys: list[NameKey]) -> tuple:
+    def person_row(self) -> tuple:
         # Lists travel as one string each (unnest would flatten an array of arrays):
         # not-duplicates comma-separated; names and identifiers, which hold letters,
         # spaces, digits, '/' and '|', separated by the unit separator.
         active = self.status == Status.ACTIVE.value
-        names = [f"{key.given}|{key.family}" for key in keys] if active else []
+        names = [f"{key.given}|{key.family}" for key in self.name_keys] if active else []
         identifiers = [f"{i.type.value}|{i.value}" for i in self.identifiers] if active else []
         return (
             self.id,
@@ -167,9 +169,9 @@ class Indexed:
             UNIT_SEPARATOR.join(identifiers),
         )
 
-    def name_rows(self, keys: list[NameKey]) -> list[tuple]:
+    def name_rows(self) -> list[tuple]:
         rows = []
-        for ordinal, key in enumerate(keys):
+        for ordinal, key in enumerate(self.name_keys):
             rows.append(
                 (
                     self.id,
@@ -357,19 +359,18 @@ class SearchIndex:
             await self._write(conn, people)
 
     async def _write(self, conn: asyncpg.Connection, people: list[Indexed]) -> None:
-        prepared = [(p, p.name_keys()) for p in people]
         await conn.execute(
-            self._upsert_person, *zip(*(p.person_row(k) for p, k in prepared), strict=True)
+            self._upsert_person, *zip(*(p.person_row() for p in people), strict=True)
         )
         known = [(p.id,) for p in people if p.version > 1]
         if known:  # a registration has no earlier rows to replace
             await conn.executemany(self._delete_names, known)
             await conn.executemany(self._delete_identifiers, known)
-        active = [(p, k) for p, k in prepared if p.status == Status.ACTIVE.value]
-        name_rows = [row for p, k in active for row in p.name_rows(k)]
+        active = [p for p in people if p.status == Status.ACTIVE.value]
+        name_rows = [row for p in active for row in p.name_rows()]
         if name_rows:
             await conn.execute(self._insert_names, *zip(*name_rows, strict=True))
-        identifier_rows = [(i.type.value, i.value, p.id) for p, _ in active for i in p.identifiers]
+        identifier_rows = [(i.type.value, i.value, p.id) for p in active for i in p.identifiers]
         if identifier_rows:
             await conn.execute(self._insert_identifiers, *zip(*identifier_rows, strict=True))
 
