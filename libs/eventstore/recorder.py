@@ -32,7 +32,7 @@ from libs.eventstore.errors import (
     EventStoreError,
     InvalidAppendError,
 )
-from libs.eventstore.hashchain import GENESIS, event_hash
+from libs.eventstore.hashchain import GENESIS, chain, command_part
 from libs.eventstore.records import (
     AppendMetadata,
     AppendResult,
@@ -61,6 +61,7 @@ INSERT_COLUMNS: Final = (
     "notification_id, originator_id, originator_version, topic, state, "
     "recorded_at, command_id, actor, trace_id, hash, command_digest"
 )
+_ARRAYS: Final = 9  # columns the writer passes as arrays: all but position and recorded_at
 # What reads select, in RecordedEvent's order. The recording time comes as integer
 # microseconds: PostgreSQL computes that faster than the client can build datetimes.
 EVENT_COLUMNS: Final = (
@@ -163,30 +164,31 @@ class _Queries:
             FROM {s}.stored_events_head
             UNION ALL {self.checks}
         """
+        # The new events arrive as one array per column but their position and recording
+        # time: the group's events take the positions after the head ($12) in order, and
+        # all were recorded at $11 (the head's new recording time).
+        insert = f"""
+            INSERT INTO {s}.stored_events ({INSERT_COLUMNS})
+            SELECT $12 + e.n, e.originator_id, e.originator_version, e.topic, e.state, $11,
+                   e.command_id, e.actor, e.trace_id, e.hash, e.command_digest
+            FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::bytea[], $5::uuid[],
+                        $6::text[], $7::text[], $8::bytea[], $9::bytea[])
+                 WITH ORDINALITY AS e(originator_id, originator_version, topic, state,
+                                      command_id, actor, trace_id, hash, command_digest, n)
+        """
         self.insert_and_advance = f"""
-            WITH inserted AS (
-                INSERT INTO {s}.stored_events ({INSERT_COLUMNS})
-                SELECT * FROM unnest($1::int8[], $2::uuid[], $3::int8[], $4::text[],
-                    $5::bytea[], $6::timestamptz[], $7::uuid[], $8::text[], $9::text[],
-                    $10::bytea[], $11::bytea[])
-            )
-            UPDATE {s}.stored_events_head SET last_position = $12, last_recorded_at = $13
+            WITH inserted AS ({insert})
+            UPDATE {s}.stored_events_head SET last_position = $10, last_recorded_at = $11
         """
         # ...and then writes in one statement (its own transaction) only if the head is
         # still where the check saw it; otherwise nothing is written and it returns 0.
         # The head row is locked only while this statement runs and commits.
         self.insert_if_head_unmoved = f"""
             WITH advanced AS (
-                UPDATE {s}.stored_events_head SET last_position = $12, last_recorded_at = $13
-                WHERE last_position = $14
+                UPDATE {s}.stored_events_head SET last_position = $10, last_recorded_at = $11
+                WHERE last_position = $12
                 RETURNING last_position
-            ), inserted AS (
-                INSERT INTO {s}.stored_events ({INSERT_COLUMNS})
-                SELECT * FROM unnest($1::int8[], $2::uuid[], $3::int8[], $4::text[],
-                    $5::bytea[], $6::timestamptz[], $7::uuid[], $8::text[], $9::text[],
-                    $10::bytea[], $11::bytea[])
-                WHERE EXISTS (SELECT FROM advanced)
-            )
+            ), inserted AS ({insert} WHERE EXISTS (SELECT FROM advanced))
             SELECT count(*) FROM advanced
         """
         self.head_position = f"SELECT last_position FROM {s}.stored_events_head"
@@ -436,7 +438,9 @@ class EventStore:
         always makes progress."""
         conn = await self._writer_connection()
         q = self._q
-        stream_ids = list({e.originator_id for p in batch for e in p.events})
+        stream_ids = list(
+            {e.originator_id.int: e.originator_id for p in batch for e in p.events}.values()
+        )
         command_ids = list({p.metadata.command_id for p in batch if p.metadata.command_id})
         for _ in range(self.optimistic_attempts):
             rows = await conn.fetch(q.check, stream_ids, command_ids)
@@ -461,7 +465,11 @@ class EventStore:
             plan = _plan(batch, rows)
             if plan.columns[0]:
                 await conn.execute(
-                    q.insert_and_advance, *plan.columns, plan.last_position, plan.recorded_at
+                    q.insert_and_advance,
+                    *plan.columns,
+                    plan.last_position,
+                    plan.recorded_at,
+                    plan.head_position,
                 )
         return plan.outcomes
 
@@ -635,14 +643,17 @@ def _check_consecutive(events: Sequence[StoredEvent], expected_version: int | _U
 
 
 def _conflict(
-    pending: _PendingAppend, heads: dict[UUID, tuple[int, bytes]]
+    pending: _PendingAppend, heads: dict[int, tuple[int, bytes]]
 ) -> ConcurrencyError | None:
-    seen: set[UUID] = set()
+    """The conflict that refuses `pending`, if any, given each stream's head (keyed by
+    the stream id's integer)."""
+    seen: set[int] = set()
     for event in pending.events:
-        if event.originator_id in seen:
+        key = event.originator_id.int
+        if key in seen:
             continue
-        seen.add(event.originator_id)
-        current = heads.get(event.originator_id)
+        seen.add(key)
+        current = heads.get(key)
         current_version = current[0] if current else None
         if not isinstance(pending.expected_version, _Unset):
             if (current_version or 0) != pending.expected_version:
@@ -673,11 +684,13 @@ def _plan(batch: list[_PendingAppend], rows: Sequence[asyncpg.Record]) -> _Plan:
     head_position = position = head[2]
     recorded_at = head[3]
     recorded_micros = to_micros(recorded_at)
-    heads: dict[UUID, tuple[int, bytes]] = {}
+    # Streams by their id's integer: the writer looks each up for every event it
+    # writes, and a uuid.UUID hashes in Python, its integer in C.
+    heads: dict[int, tuple[int, bytes]] = {}
     earlier: dict[UUID, list[_Written]] = {}
     for kind, stream_id, version, at, hash_or_digest, command_id, written_position in rows:
         if kind == 1:
-            heads[stream_id] = (version, hash_or_digest or GENESIS)
+            heads[stream_id.int] = (version, hash_or_digest or GENESIS)
         elif kind == 2:
             earlier.setdefault(command_id, []).append(
                 _Written(written_position, stream_id, version, at, hash_or_digest)
@@ -685,21 +698,24 @@ def _plan(batch: list[_PendingAppend], rows: Sequence[asyncpg.Record]) -> _Plan:
     for written in earlier.values():
         written.sort()
 
-    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [], [], [])
+    # One per new event: the columns `insert` takes as arrays, in its order.
+    written_rows: list[tuple[Any, ...]] = []
     outcomes: list[AppendResult | Exception] = []
     in_batch: dict[UUID, tuple[AppendResult, bytes | None]] = {}
+    no_stream = (0, GENESIS)
     for pending in batch:
         meta = pending.metadata
-        if meta.command_id in earlier:
-            if _reused(earlier[meta.command_id], meta.command_digest):
-                outcomes.append(CommandReusedError(meta.command_id))
+        command_id = meta.command_id
+        if command_id in earlier:
+            if _reused(earlier[command_id], meta.command_digest):
+                outcomes.append(CommandReusedError(command_id))
             else:
-                outcomes.append(_result_from_rows(earlier[meta.command_id]))
+                outcomes.append(_result_from_rows(earlier[command_id]))
             continue
-        if meta.command_id in in_batch:
-            first, first_digest = in_batch[meta.command_id]
+        if command_id in in_batch:
+            first, first_digest = in_batch[command_id]
             if _differ(first_digest, meta.command_digest):
-                outcomes.append(CommandReusedError(meta.command_id))
+                outcomes.append(CommandReusedError(command_id))
             else:
                 outcomes.append(_as_duplicate(first))
             continue
@@ -707,52 +723,51 @@ def _plan(batch: list[_PendingAppend], rows: Sequence[asyncpg.Record]) -> _Plan:
         if conflict is not None:
             outcomes.append(conflict)
             continue
-        positions: list[int] = []
-        stream_heads: dict[UUID, int] = {}
+        command = command_part(command_id, meta.actor, meta.trace_id)
+        first_position = position + 1
+        stream_heads: dict[int, StreamHead] = {}
         for event in pending.events:
             position += 1
-            previous = heads.get(event.originator_id, (0, GENESIS))[1]
-            digest = event_hash(
-                previous,
-                originator_id=event.originator_id,
-                originator_version=event.originator_version,
-                position=position,
-                topic=event.topic,
-                state=event.state,
-                recorded_micros=recorded_micros,
-                command_id=meta.command_id,
-                actor=meta.actor,
-                trace_id=meta.trace_id,
+            stream_id, version = event.originator_id, event.originator_version
+            key = stream_id.int
+            digest = chain(
+                heads.get(key, no_stream)[1],
+                stream_id,
+                version,
+                position,
+                recorded_micros,
+                command,
+                event.topic,
+                event.state,
             )
-            heads[event.originator_id] = (event.originator_version, digest)
-            stream_heads[event.originator_id] = event.originator_version
-            positions.append(position)
-            for column, value in zip(
-                columns,
+            heads[key] = (version, digest)
+            stream_heads[key] = StreamHead(stream_id, version)
+            written_rows.append(
                 (
-                    position,
-                    event.originator_id,
-                    event.originator_version,
+                    stream_id,
+                    version,
                     event.topic,
                     event.state,
-                    recorded_at,
-                    meta.command_id,
+                    command_id,
                     meta.actor,
                     meta.trace_id,
                     digest,
                     meta.command_digest,
-                ),
-                strict=True,
-            ):
-                column.append(value)
+                )
+            )
         result = AppendResult(
-            positions=tuple(positions),
-            streams=tuple(StreamHead(s, v) for s, v in stream_heads.items()),
+            positions=tuple(range(first_position, position + 1)),
+            streams=tuple(stream_heads.values()),
             recorded_at=recorded_at,
         )
-        if meta.command_id is not None:
-            in_batch[meta.command_id] = (result, meta.command_digest)
+        if command_id is not None:
+            in_batch[command_id] = (result, meta.command_digest)
         outcomes.append(result)
+    columns = (
+        tuple(list(column) for column in zip(*written_rows, strict=True))
+        if written_rows
+        else tuple([] for _ in range(_ARRAYS))
+    )
     return _Plan(outcomes, columns, head_position, position, recorded_at)
 
 
