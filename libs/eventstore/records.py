@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -97,20 +98,14 @@ def command_digest(command: str, arguments: Mapping[str, Any]) -> bytes:
 
     Pass only what the caller sent, never values the handler makes up (a clock reading,
     a new id): those differ between a command and its retry."""
-    text = json.dumps(
-        [command, arguments],
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        default=_canonical,
-    )
-    return hashlib.sha256(text.encode()).digest()
+    return hashlib.sha256(_encode_canonical([command, arguments]).encode()).digest()
 
 
 def _canonical(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        # Field by field, one level: json.dumps comes back here for what they hold.
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    names = _field_names(type(value))
+    if names is not None:
+        # Field by field, one level: the encoder comes back here for what they hold.
+        return {name: getattr(value, name) for name in names}
     if isinstance(value, date):  # datetimes too
         return value.isoformat()
     if isinstance(value, UUID):
@@ -120,3 +115,18 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, set | frozenset):
         return sorted(value, key=lambda v: json.dumps(v, sort_keys=True, default=_canonical))
     raise TypeError(f"cannot put {type(value).__name__} in a command digest: {value!r}")
+
+
+@functools.cache
+def _field_names(kind: type) -> tuple[str, ...] | None:
+    """A dataclass's field names, or None for any other type: asked once per type, as
+    every command is digested on the way to the store."""
+    if dataclasses.is_dataclass(kind):
+        return tuple(f.name for f in dataclasses.fields(kind))
+    return None
+
+
+# One encoder for every digest: json.dumps would build one per call.
+_encode_canonical = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical
+).encode
