@@ -150,7 +150,10 @@ class Person(Aggregate):
         occurred_at: datetime,
     ) -> Person:
         check_date_of_birth(date_of_birth, occurred_at.date())
-        return cls(
+        # `_create` with the event class, as `cls(...)` would after matching the
+        # arguments to `__init__`'s signature: a few microseconds less per registration.
+        return cls._create(
+            cls.Registered,
             name=name.as_dict(),
             date_of_birth=date_of_birth,
             sex=sex.value,
@@ -529,8 +532,12 @@ class IdentifierClaim(Aggregate):
 
     @classmethod
     def first(cls, identifier: Identifier, person_id: UUID) -> IdentifierClaim:
-        return cls(
-            identifier_type=identifier.type.value, value=identifier.value, person_id=person_id
+        return cls._create(
+            cls.Claimed,
+            id=claim_id(identifier),
+            identifier_type=identifier.type.value,
+            value=identifier.value,
+            person_id=person_id,
         )
 
     def claim(self, person_id: UUID) -> None:

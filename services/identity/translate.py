@@ -49,8 +49,17 @@ T = TypeVar("T")
 MAX_IDENTIFIERS = 50
 MAX_ALIASES = 100
 _SEXES = ", ".join(name for name, number in pb.Sex.items() if number != pb.SEX_UNSPECIFIED)
-_SEX_NUMBERS = frozenset(pb.Sex.values())
-_IDENTIFIER_TYPE_NUMBERS = frozenset(pb.IdentifierType.values())
+# Every request names a sex or an identifier type by number: each looked up once.
+_SEX_BY_NUMBER = {
+    number: Sex(name.removeprefix("SEX_"))
+    for name, number in pb.Sex.items()
+    if number != pb.SEX_UNSPECIFIED
+}
+_IDENTIFIER_TYPE_BY_NUMBER = {
+    number: name.removeprefix("IDENTIFIER_TYPE_")
+    for name, number in pb.IdentifierType.items()
+    if number != pb.IDENTIFIER_TYPE_UNSPECIFIED
+}
 
 
 def today() -> date:
@@ -109,13 +118,13 @@ def past_date_field(message: date_pb2.Date, field: str, v: Violations) -> date |
 
 
 def identifier_field(message: pb.Identifier, field: str, v: Violations) -> Identifier | None:
-    if message.type == pb.IDENTIFIER_TYPE_UNSPECIFIED:
-        v.add(f"{field}.type", "must be set")
+    kind = _IDENTIFIER_TYPE_BY_NUMBER.get(message.type)
+    if kind is None:
+        if message.type == pb.IDENTIFIER_TYPE_UNSPECIFIED:
+            v.add(f"{field}.type", "must be set")
+        else:
+            v.add(f"{field}.type", f"{message.type} is not an identifier type this service knows")
         return None
-    if message.type not in _IDENTIFIER_TYPE_NUMBERS:
-        v.add(f"{field}.type", f"{message.type} is not an identifier type this service knows")
-        return None
-    kind = pb.IdentifierType.Name(message.type).removeprefix("IDENTIFIER_TYPE_")
     try:
         return parse_identifier(kind, message.value)
     except InvalidIdentifier as error:
@@ -124,13 +133,13 @@ def identifier_field(message: pb.Identifier, field: str, v: Violations) -> Ident
 
 
 def sex_field(value: int, field: str, v: Violations) -> Sex | None:
-    if value == pb.SEX_UNSPECIFIED:
-        v.add(field, "must be set")
-        return None
-    if value not in _SEX_NUMBERS:
-        v.add(field, f"must be one of {_SEXES}")
-        return None
-    return Sex(pb.Sex.Name(value).removeprefix("SEX_"))
+    sex = _SEX_BY_NUMBER.get(value)
+    if sex is None:
+        if value == pb.SEX_UNSPECIFIED:
+            v.add(field, "must be set")
+        else:
+            v.add(field, f"must be one of {_SEXES}")
+    return sex
 
 
 def each(
