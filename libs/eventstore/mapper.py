@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from datetime import date
+from typing import Any
 
 from asyncpg.pgproto.pgproto import UUID as _DriverUUID
 from eventsourcing.persistence import (
@@ -19,6 +20,7 @@ from eventsourcing.persistence import (
 )
 
 from libs.eventstore.errors import UnreadableStoreError
+from libs.eventstore.jsonencoding import compact_json_encoder
 from libs.eventstore.keyring import KeyRing, KeyRingError, fingerprint, parse_keys
 from libs.eventstore.recorder import EventStore
 
@@ -44,8 +46,20 @@ class DriverUUIDAsHex(UUIDAsHex):
     type = _DriverUUID
 
 
+class CompactJSONTranscoder(JSONTranscoder):
+    """The library's JSON transcoder, encoding the same bytes with an encoder built once
+    (see `jsonencoding`) rather than once per event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._encode_text = compact_json_encoder(self._encode_obj)
+
+    def encode(self, obj: Any) -> bytes:
+        return self._encode_text(obj).encode("utf8")
+
+
 def create_transcoder() -> JSONTranscoder:
-    transcoder = JSONTranscoder()
+    transcoder = CompactJSONTranscoder()
     for transcoding in (
         UUIDAsHex(),
         DriverUUIDAsHex(),

@@ -16,6 +16,8 @@ from uuid import UUID
 
 import asyncpg
 
+from libs.eventstore.jsonencoding import compact_json_encoder
+
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -126,7 +128,4 @@ def _field_names(kind: type) -> tuple[str, ...] | None:
     return None
 
 
-# One encoder for every digest: json.dumps would build one per call.
-_encode_canonical = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical
-).encode
+_encode_canonical = compact_json_encoder(_canonical, sort_keys=True)
