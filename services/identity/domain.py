@@ -4,6 +4,7 @@ event; merges move identifiers and aliases and leave the duplicate as a redirect
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ MAX_NAME_LENGTH = 200  # each of given names and family name
 MAX_REASON_LENGTH = 2000  # a reason explains a decision; documents belong elsewhere
 MAX_REDIRECTS = 20  # a longer chain of merges is a fault, not a record
 CLAIM_NAMESPACE = uuid5(NAMESPACE_URL, "https://throughline.dev/identity/identifier-claim")
+_CLAIM_NAMESPACE_BYTES = CLAIM_NAMESPACE.bytes
 
 
 class Sex(StrEnum):
@@ -514,7 +516,10 @@ def kept_apart(one: Sequence[Person], other: Sequence[Person]) -> tuple[UUID, UU
 
 
 def claim_id(identifier: Identifier) -> UUID:
-    return uuid5(CLAIM_NAMESPACE, f"{identifier.type.value}:{identifier.value}")
+    """`uuid5(CLAIM_NAMESPACE, "TYPE:value")`, without making the namespace's bytes again
+    for every identifier claimed."""
+    name = f"{identifier.type.value}:{identifier.value}".encode()
+    return UUID(bytes=hashlib.sha1(_CLAIM_NAMESPACE_BYTES + name).digest()[:16], version=5)
 
 
 class IdentifierClaim(Aggregate):

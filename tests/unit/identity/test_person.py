@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from uuid import UUID, uuid5
 
 import pytest
 
 from libs.domain.errors import InvalidFieldError, RuleViolatedError
 from services.identity.domain import (
+    CLAIM_NAMESPACE,
     IdentifierClaim,
     Name,
     Person,
@@ -305,6 +307,17 @@ def test_not_duplicate_is_recorded_on_both_people():
     a, b = person(), person()
     a.mark_not_duplicate(b, "twins", NOW)
     assert a.not_duplicates == {b.id} and b.not_duplicates == {a.id}
+
+
+def test_claim_ids_are_the_name_based_uuids_earlier_deploys_derived():
+    # Claims are found by these ids: another derivation would lose every claim made.
+    assert claim_id(Identifier(IdentifierType.NOMS, "A1234BC")) == UUID(
+        "c9cccd8d-929b-5f8f-9217-2a9f80aa364b"
+    )
+    assert claim_id(PNC) == UUID("37f63b8c-0b19-5955-8030-2c4dba11c86f")
+    for identifier in (PNC, Identifier(IdentifierType.CRN, "X123456")):
+        name = f"{identifier.type.value}:{identifier.value}"
+        assert claim_id(identifier) == uuid5(CLAIM_NAMESPACE, name)
 
 
 def test_a_claim_id_is_derived_from_the_identifier_and_the_holder_moves():
