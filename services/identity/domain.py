@@ -16,7 +16,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 
 from libs.domain.errors import InvalidFieldError, RuleViolatedError
-from services.identity.identifiers import Identifier, IdentifierType
+from services.identity.identifiers import IDENTIFIER_TYPES, Identifier, IdentifierType
 
 OLDEST_AGE_YEARS = 130
 MAX_NAME_LENGTH = 200  # each of given names and family name
@@ -31,6 +31,9 @@ class Sex(StrEnum):
     FEMALE = "FEMALE"
     NOT_KNOWN = "NOT_KNOWN"
     NOT_SPECIFIED = "NOT_SPECIFIED"
+
+
+SEXES = {sex.value: sex for sex in Sex}  # by value (see IDENTIFIER_TYPES)
 
 
 class Status(StrEnum):
@@ -112,7 +115,7 @@ def _pair(identifier: Identifier) -> list[str]:
 
 
 def _identifier(pair: list[str]) -> Identifier:
-    return Identifier(IdentifierType(pair[0]), pair[1])
+    return Identifier(IDENTIFIER_TYPES[pair[0]], pair[1])
 
 
 class Person(Aggregate):
@@ -131,7 +134,7 @@ class Person(Aggregate):
     ) -> None:
         self.name = Name.from_dict(name)
         self.date_of_birth = date_of_birth
-        self.sex = Sex(sex)
+        self.sex = SEXES[sex]
         self.identifiers: set[Identifier] = {_identifier(p) for p in identifiers}
         self.aliases: list[Name] = [Name.from_dict(a) for a in aliases]
         self.status = Status.ACTIVE
@@ -532,7 +535,7 @@ class IdentifierClaim(Aggregate):
 
     @event("Claimed")
     def __init__(self, identifier_type: str, value: str, person_id: UUID) -> None:
-        self.identifier = Identifier(IdentifierType(identifier_type), value)
+        self.identifier = Identifier(IDENTIFIER_TYPES[identifier_type], value)
         self.holder: UUID | None = person_id
 
     @classmethod

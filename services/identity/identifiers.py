@@ -27,6 +27,11 @@ class IdentifierType(StrEnum):
     NHS = "NHS"
 
 
+# By value, for the code that turns names into types for every command and event: calling
+# the enum looks the value up through several Python calls.
+IDENTIFIER_TYPES = {kind.value: kind for kind in IdentifierType}
+
+
 class InvalidIdentifier(ValueError):
     """The value is not a valid identifier of its type; the message says which rule."""
 
@@ -156,11 +161,10 @@ def parse_identifier(type_name: str, raw: str | None, *, today: date | None = No
 
     Surrounding white space is ignored; case is not (a lower-case check letter is refused,
     as the national systems refuse it). Raises InvalidIdentifier naming the rule broken."""
-    try:
-        kind = IdentifierType(type_name)
-    except ValueError:
+    kind = IDENTIFIER_TYPES.get(type_name)
+    if kind is None:
         known = ", ".join(t.value for t in IdentifierType)
-        raise InvalidIdentifier(f"identifier type must be one of {known}") from None
+        raise InvalidIdentifier(f"identifier type must be one of {known}")
     value = (raw or "").strip()
     if not value:
         raise InvalidIdentifier(f"{kind} must not be empty")

@@ -26,7 +26,7 @@ from libs.eventstore import (
 )
 from libs.eventstore.recorder import quote_schema
 from services.identity.domain import MAX_REDIRECTS, Name, Person, Status
-from services.identity.identifiers import Identifier, IdentifierType
+from services.identity.identifiers import IDENTIFIER_TYPES, Identifier, IdentifierType
 from services.identity.matching import (
     Match,
     NameKey,
@@ -139,7 +139,7 @@ class Indexed:
             Status.ACTIVE.value,
             None,
             (),
-            tuple(sorted(Identifier(IdentifierType(t), v) for t, v in event.identifiers)),
+            tuple(sorted(Identifier(IDENTIFIER_TYPES[t], v) for t, v in event.identifiers)),
             tuple(Name.from_dict(a) for a in event.aliases),
         )
 
