@@ -392,7 +392,9 @@ class EventStore:
         arriving meanwhile join the next group."""
         now = asyncio.get_running_loop().time()
         if self.adapt_window is not None:
-            self.batch_window = self.adapt_window.adjust(self.batch_window, now)
+            self.batch_window = self.adapt_window.adjust(
+                self.batch_window, now, self.grouped_appends
+            )
         wait = self._group_started + self.batch_window - now
         if wait > 0:
             self.held_groups += 1

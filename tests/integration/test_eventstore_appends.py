@@ -4,6 +4,7 @@ the database's clock."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from datetime import date
 from enum import Enum
@@ -364,6 +365,29 @@ async def test_an_adaptive_window_shrinks_while_the_loop_idles_between_held_grou
         assert adaptive.shrunk >= 2
         assert 0.002 <= store.batch_window <= 0.004
         assert [e.position for e in await store.read_all()] == list(range(1, 65))
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("fill, grows", [(64, True), (2, False)])
+async def test_an_adaptive_window_grows_on_a_busy_loop_only_while_groups_are_short_of_its_fill(
+    pool, schema, fill, grows
+):
+    # A busy clock running twice as fast as the loop's: the loop looks short of CPU all
+    # the time. Waves of 4 appends make groups of about 4: short of 64, not of 2. Each
+    # group is held at least 2 ms, so 40 waves outlast a 40 ms period.
+    adaptive = AdaptiveWindow(
+        0.002, 0.016, period=0.04, step=2.0, fill=fill, busy_clock=lambda: 2 * time.monotonic()
+    )
+    store = EventStore(pool, schema, batch_window=0.002, adapt_window=adaptive)
+    try:
+        for _ in range(40):
+            await asyncio.gather(*(store.append(events(uuid4(), [1])) for _ in range(4)))
+        assert store.grouped_appends == 160
+        if grows:
+            assert adaptive.grew >= 1 and store.batch_window > 0.002
+        else:
+            assert adaptive.grew == 0 and store.batch_window == 0.002
     finally:
         await store.close()
 

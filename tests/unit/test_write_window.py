@@ -1,5 +1,6 @@
 """The adaptive write window: shrinks while the event loop idles with groups held, grows
-while it is short of CPU, stays between, and never leaves its bounds."""
+while it is short of CPU and its groups are short of their fill, stays between, and never
+leaves its bounds."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from libs.eventstore.window import AdaptiveWindow, thread_busy_seconds
 
 
 class Busy:
-    """A busy clock the test moves: seconds the loop's thread was busy."""
+    """A busy clock the test moves: seconds the loop's thread was busy; and the appends
+    the store has written in groups so far."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self.reads = 0
+        self.appends = 0
 
     def __call__(self) -> float:
         self.reads += 1
@@ -34,14 +37,22 @@ def begun(value: float = 0.005) -> tuple[Busy, AdaptiveWindow]:
     return busy, adaptive
 
 
-def run_period(adaptive: AdaptiveWindow, busy: Busy, value: float, start: float, share: float):
-    """Groups held every 5 ms for a little over one period, the loop busy `share` of the
-    time: the window after it, and the loop time it ended at."""
+def run_period(
+    adaptive: AdaptiveWindow,
+    busy: Busy,
+    value: float,
+    start: float,
+    share: float,
+    group: int = 2,
+):
+    """Groups of `group` appends held every 5 ms for a little over one period, the loop
+    busy `share` of the time: the window after it, and the loop time it ended at."""
     now = start
     for _ in range(11):
         now += 0.005
         busy.seconds += 0.005 * share
-        value = adaptive.adjust(value, now)
+        busy.appends += group
+        value = adaptive.adjust(value, now, busy.appends)
     return value, now
 
 
@@ -60,6 +71,25 @@ def test_between_the_two_thresholds_the_window_stays():
     value, _ = run_period(adaptive, busy, 0.004, 0.0, share=0.87)
     assert value == 0.004
     assert (adaptive.shrunk, adaptive.grew) == (0, 0)
+
+
+def test_a_busy_loop_grows_the_window_only_while_its_groups_are_short_of_their_fill():
+    busy = Busy()
+    adaptive = window(busy, fill=8)
+    assert adaptive.adjust(0.005, 0.0, busy.appends) == 0.005
+    # Groups of 3 on a loop short of CPU: a longer window gathers more into each.
+    value, now = run_period(adaptive, busy, 0.005, 0.0, share=0.97, group=3)
+    assert value == pytest.approx(0.005 * 1.25)
+    # Groups of 8 or more already spread a group's cost thinly: a longer window would
+    # only make callers wait, however busy the loop (it may be waiting for a core).
+    for group in (8, 12):
+        value, now = run_period(adaptive, busy, value, now, share=1.0, group=group)
+        assert value == pytest.approx(0.005 * 1.25)
+    assert adaptive.grew == 1
+    # The fill does not keep the window from shrinking when the loop idles.
+    value, now = run_period(adaptive, busy, value, now, share=0.5, group=12)
+    assert value == pytest.approx(0.005)
+    assert adaptive.shrunk == 1
 
 
 def test_the_window_is_changed_once_a_period_not_at_every_group():
@@ -113,6 +143,7 @@ def test_without_a_busy_clock_the_window_stays_as_configured_and_it_is_not_read_
         (0.001, 0.008, {"busy_below": 0.95, "busy_above": 0.9}),
         (0.001, 0.008, {"step": 1.0}),
         (0.001, 0.008, {"period": 0.0}),
+        (0.001, 0.008, {"fill": 1}),
     ],
 )
 def test_settings_that_cannot_work_are_refused(least, most, options):

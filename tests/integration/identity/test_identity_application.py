@@ -21,7 +21,12 @@ from libs.eventstore import CommandReusedError, ProjectionLagError, UnreadableSt
 from libs.eventstore.context import Actor, current_actor
 from libs.eventstore.keyring import fingerprint
 from services.identity.application import asked
-from services.identity.bootstrap import WRITE_WINDOW_LEAST, WRITE_WINDOW_MOST, bootstrap
+from services.identity.bootstrap import (
+    WRITE_GROUP_FILL,
+    WRITE_WINDOW_LEAST,
+    WRITE_WINDOW_MOST,
+    bootstrap,
+)
 from services.identity.domain import Name, Sex
 from services.identity.identifiers import parse_identifier
 from services.identity.search_index import BROAD_CANDIDATE_LIMIT
@@ -89,7 +94,7 @@ async def test_a_retried_command_returns_the_first_result_and_records_nothing(id
 
 async def test_concurrent_registrations_share_writes_under_the_adaptive_window(identity):
     store = identity.store
-    assert store.adapt_window is not None
+    assert store.adapt_window is not None and store.adapt_window.fill == WRITE_GROUP_FILL
     for wave in range(5):
         await asyncio.gather(
             *(
