@@ -3,13 +3,14 @@
 lines.
 
     python -m bench.identity_tuning [--windows 3,5,auto] [--notify 5,50] [--rounds 4]
-                                    [--clients 16]
+                                    [--clients 16] [--people 0]
 
 Without --notify, every setting uses the notify interval the service is served with;
 `auto` is the adaptive window it is served with (`libs.eventstore.window`).
 
-One identity service as served (the search index following the store, over a small
-index) takes RegisterPerson from 16 clients (or --clients) in another process, as in
+One identity service as served (the search index following the store, over an index
+that starts empty, or with --people synthetic people loaded first as `bench.identity`
+loads its million) takes RegisterPerson from 16 clients (or --clients) in another process, as in
 `bench.identity`, under each pair of write window (`EventStore.batch_window`, ms) and
 notify interval (`EventStore.notify_interval`, ms) given. Each round runs every setting
 once, each as an echo baseline followed by RegisterPerson, and starts one setting later
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import os
 import statistics
@@ -35,6 +37,7 @@ from bench.identity import (
     Alternation,
     Load,
     bench_echo,
+    load,
     load_from_another_process,
     progress,
 )
@@ -43,6 +46,7 @@ from libs.chassis.auth import TokenVerifier
 from libs.eventstore import create_mapper, create_pool
 from services.identity.bootstrap import NOTIFY_INTERVAL, WRITE_WINDOW, bootstrap, write_window
 from services.identity.grpc_api import identity_server
+from services.identity.synthetic import population
 from services.identity.translate import event_translator
 
 
@@ -88,7 +92,7 @@ def windows_list(text: str) -> list[float | None]:
 
 
 async def run(
-    dsn: str, settings: list[Setting], rounds: int, clients: int
+    dsn: str, settings: list[Setting], rounds: int, clients: int, people: int = 0
 ) -> dict[Setting, Outcome]:
     verifier = TokenVerifier(SECRET)
     token = verifier.mint("bench", ["identity.write"])
@@ -96,6 +100,10 @@ async def run(
     pool = await create_pool(dsn, min_size=4, max_size=24)
     try:
         identity = await bootstrap(pool, schema="bench_tuning", cipher_key="")
+        if people:
+            progress(f"loading {people:,} synthetic people")
+            await load(identity, population(people, seed=3))
+            gc.collect()  # the population is dropped: its objects would slow every collection
         identity.start_projection()
         store = identity.store
         server = identity_server(identity.application, verifier, translate)
@@ -141,9 +149,10 @@ async def run(
     }
 
 
-def report(outcomes: dict[Setting, Outcome], rounds: int, clients: int) -> None:
+def report(outcomes: dict[Setting, Outcome], rounds: int, clients: int, people: int = 0) -> None:
     print(
         f"\nRegisterPerson under each store setting — {clients} clients, {rounds} rounds, "
+        f"{people:,} people loaded first, "
         f"{os.cpu_count()} cores (served with an adaptive window starting at "
         f"{WRITE_WINDOW * 1000:g} ms, "
         f"notifying every {NOTIFY_INTERVAL * 1000:g} ms at most)"
@@ -171,9 +180,9 @@ def report(outcomes: dict[Setting, Outcome], rounds: int, clients: int) -> None:
         print(f"{setting.name}_commands_per_write={outcome.commands_per_write:.1f}")
 
 
-async def main(settings: list[Setting], rounds: int, clients: int) -> None:
+async def main(settings: list[Setting], rounds: int, clients: int, people: int) -> None:
     async with scratch_database("throughline_bench_tuning") as dsn:
-        report(await run(dsn, settings, rounds, clients), rounds, clients)
+        report(await run(dsn, settings, rounds, clients, people), rounds, clients, people)
 
 
 if __name__ == "__main__":
@@ -182,13 +191,17 @@ if __name__ == "__main__":
     parser.add_argument("--notify", type=ms_list, default=[NOTIFY_INTERVAL * 1000])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--clients", type=int, default=CLIENTS)
+    parser.add_argument("--people", type=int, default=0)
     args = parser.parse_args()
     if args.rounds < 1 or args.clients < 1:
         parser.error("--rounds and --clients must be at least 1")
+    if args.people < 0:
+        parser.error("--people must not be negative")
     asyncio.run(
         main(
             [Setting(window, notify) for window in args.windows for notify in args.notify],
             args.rounds,
             args.clients,
+            args.people,
         )
     )
