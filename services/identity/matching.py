@@ -8,6 +8,7 @@ land well below the threshold because the first names' disagreement outweighs th
 
 from __future__ import annotations
 
+import calendar
 import math
 import unicodedata
 from dataclasses import dataclass, field
@@ -270,25 +271,39 @@ def score(query: Profile, candidate: Profile) -> Match:
     return Match(round(probability, 4), tuple(reasons))
 
 
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _real_date(year: int, month: int, day: int) -> date | None:
+    """The date, if those make one, found without raising: most slips make none, and an
+    exception each costs more than the check."""
+    if year < 1 or not 1 <= month <= 12 or not 1 <= day <= _MONTH_DAYS[month - 1]:
+        return None
+    if month == 2 and day == 29 and not calendar.isleap(year):
+        return None
+    return date(year, month, day)
+
+
 def date_variants(value: date) -> list[date]:
     """Dates one typing slip away: one digit changed, adjacent digits swapped, or day and
     month swapped. Used to block on a date of birth that may have been mistyped."""
-    text = digits(value)
-    found: set[date] = set()
-
-    def add(candidate: str) -> None:
-        try:
-            parsed = date(int(candidate[:4]), int(candidate[4:6]), int(candidate[6:]))
-        except ValueError:
-            return
-        if parsed != value:
-            found.add(parsed)
-
-    for i in range(8):
-        for digit in "0123456789":
-            add(text[:i] + digit + text[i + 1 :])
+    # The date as the number its eight digits spell (YYYYMMDD): a slip in digit i
+    # changes it by a multiple of that digit's place.
+    number = value.year * 10000 + value.month * 100 + value.day
+    spelt = [int(digit) for digit in digits(value)]
+    slips: set[int] = set()
+    for i, current in enumerate(spelt):
+        place = 10 ** (7 - i)
+        without = number - current * place
+        slips.update(range(without, without + 10 * place, place))
         if i < 7:
-            add(text[:i] + text[i + 1] + text[i] + text[i + 2 :])
+            slips.add(number + (spelt[i + 1] - current) * (place - place // 10))
+    slips.discard(number)
+    found: set[date] = set()
+    for slip in slips:
+        year, month_day = divmod(slip, 10000)
+        if (parsed := _real_date(year, *divmod(month_day, 100))) is not None:
+            found.add(parsed)
     if value.day <= 12:
         found.add(date(value.year, value.day, value.month))
     for years in (1, 2):

@@ -26,7 +26,7 @@ from libs.eventstore import (
 )
 from libs.eventstore.recorder import quote_schema
 from services.identity.domain import MAX_REDIRECTS, Name, Person, Status
-from services.identity.identifiers import IDENTIFIER_TYPES, Identifier, IdentifierType
+from services.identity.identifiers import IDENTIFIER_TYPES, Identifier
 from services.identity.matching import (
     Match,
     NameKey,
@@ -473,7 +473,7 @@ def _profile(row: asyncpg.Record) -> Profile:
     identifiers = set()
     for entry in row["identifiers"]:
         kind, value = entry.split("|", 1)
-        identifiers.add(Identifier(IdentifierType(kind), value))
+        identifiers.add(Identifier(IDENTIFIER_TYPES[kind], value))
     return Profile(
         names=names, date_of_birth=row["date_of_birth"], sex=row["sex"], identifiers=identifiers
     )

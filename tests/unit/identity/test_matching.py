@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import date
+import contextlib
+import random
+from datetime import date, timedelta
 
 import pytest
 
@@ -104,3 +106,48 @@ def test_date_variants_cover_one_slip():
     assert date(1980, 12, 3) in variants  # day and month swapped
     assert date(1980, 3, 12) not in variants
     assert date(1981, 4, 12) not in variants  # two slips
+
+
+def defined_variants(value: date) -> set[date]:
+    """What date_variants means, spelt out: every real date whose eight digits are the
+    date's with one digit changed or two adjacent digits swapped; day and month swapped;
+    and the same day a year or two either side (365 days a year from a leap day)."""
+    text = f"{value.year:04d}{value.month:02d}{value.day:02d}"
+    spellings = {text[:i] + digit + text[i + 1 :] for i in range(8) for digit in "0123456789"}
+    spellings |= {text[:i] + text[i + 1] + text[i] + text[i + 2 :] for i in range(7)}
+    found = set()
+    for spelling in spellings:
+        with contextlib.suppress(ValueError):
+            found.add(date(int(spelling[:4]), int(spelling[4:6]), int(spelling[6:])))
+    if value.day <= 12:
+        found.add(date(value.year, value.day, value.month))
+    for years in (-2, -1, 1, 2):
+        try:
+            found.add(value.replace(year=value.year + years))
+        except ValueError:
+            found.add(value + timedelta(days=365 * years))
+    return found - {value}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        date(1980, 3, 12),
+        date(2000, 2, 29),  # a leap day: 2100-02-29 and 1900-02-29 are not dates
+        date(1996, 2, 9),  # 1996-02-29 is a date, 1997-02-29 is not
+        date(1999, 12, 31),
+        date(1000, 1, 1),  # year 0000 is not a date
+        date(9997, 12, 31),
+        date(1970, 10, 1),
+        date(2011, 11, 30),
+    ],
+)
+def test_date_variants_are_exactly_the_dates_one_slip_away(value):
+    assert date_variants(value) == sorted(defined_variants(value))
+
+
+def test_date_variants_agree_with_their_definition_over_many_dates():
+    rng = random.Random(7)
+    first, last = date(1900, 1, 1).toordinal(), date(2030, 1, 1).toordinal()
+    for value in (date.fromordinal(rng.randrange(first, last)) for _ in range(300)):
+        assert date_variants(value) == sorted(defined_variants(value)), value
