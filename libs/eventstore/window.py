@@ -20,11 +20,13 @@ loop waiting for a core for an idle one, and shrink the window just when CPU is 
 Busy alone does not say when to stop growing: a loop can count as busy while it waits
 for a core, when every core is saturated, and past some window callers only wait longer.
 So with a `fill`, the window grows only while the groups held averaged fewer appends than
-that: a group's cost is then already spread thinly, and a longer window would save
-little. (Without a fill, allowed up to 8 ms on a machine whose cores were both
-saturated, the window climbed to 7 ms and served a tenth less than at 5 ms, where groups
-held about 8 commands. On a machine running Python half as fast, groups at 5 ms held
-3-4 commands, and at 12 ms about 8, which served 11-29% more.)
+that: past it a group's cost is already spread thinly, and a longer window would save
+little. And it shrinks, however busy the loop, while groups average more than twice the
+fill: a shorter window would still fill them, and callers wait less. (Without a fill,
+allowed up to 8 ms on a machine whose cores were both saturated, the window climbed to
+7 ms and served a tenth less than at 5 ms, where groups already averaged over 10. On a
+machine running Python half as fast, groups at 5 ms held 3-4 commands, and at 12 ms
+about 8, which served 11-29% more.)
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ class AdaptiveWindow:
     held groups: by `step` times down when the event loop's thread was busy less than
     `busy_below` of the period, by `step` times up when it was busy more than
     `busy_above` and (with a `fill`) the period's groups averaged fewer than `fill`
-    appends. `busy_clock` must read the thread the writer runs on: the store calls
-    `adjust` from its writer task."""
+    appends; and down, too, when they averaged more than twice `fill`. `busy_clock` must
+    read the thread the writer runs on: the store calls `adjust` from its writer task."""
 
     def __init__(
         self,
@@ -108,12 +110,11 @@ class AdaptiveWindow:
         if busy is None:
             return window
         share = (busy - busy_before) / elapsed
-        if share < self.busy_below:
+        group = (appends - appends_before) / held  # appends per group, on average
+        if share < self.busy_below or (self.fill is not None and group > 2 * self.fill):
             self.shrunk += 1
             return max(window / self.step, self.least)
-        if share > self.busy_above and (
-            self.fill is None or appends - appends_before < self.fill * held
-        ):
+        if share > self.busy_above and (self.fill is None or group < self.fill):
             self.grew += 1
             return min(window * self.step, self.most)
         return window

@@ -49,20 +49,22 @@ BATCH_INTERVAL = 0.05
 # (`libs.eventstore.window`): 0.37 of echo with 16 callers, as the best fixed window did
 # (against 0.34 at 5 ms), and 1,463 commands/s with 4 (2.7 ms each; the window at 1 ms).
 # Capped at 8 ms, on a machine whose two cores were both saturated (register_vs_echo's
-# CPU ceiling 0.33), the window climbed to 7 ms and the loop idled: 1,920 commands/s (0.27
-# of echo) against 2,125 (0.30) capped at 5 ms, four alternating rounds each. With the
-# same machine half as fast, the cap made no difference (943 against 948/s). But on a
-# machine running Python slower still (500-700 commands/s), groups at 5 ms held only 3-4
-# commands; fixed windows of 8 and 12 ms served 6% and 11% more than the window capped at
-# 5 ms, and in another run 12 ms served 29% more than a fixed 5 ms (three alternating
-# rounds each). So the window may grow to 15 ms, but only while groups average fewer than
-# 8 commands (`WRITE_GROUP_FILL`): past that a group's cost is spread thinly and a longer
-# window only makes callers wait. On the saturated machine it would not have grown past
-# 5 ms: groups start at least a window apart, so at 2,125/s they averaged over 10. On the
-# slow machine it ended at 12.7 ms with 7.9 commands per write, 0.35 of echo as fixed at
-# 12 ms (0.35; four alternating rounds); capped at 5 ms it had made 0.30. With 8
-# callers it ended at 7 ms, as good as 5 ms (0.26) and better than 2 ms (0.24); with 4 it
-# shrank to 2 ms.
+# CPU ceiling 0.33), the window climbed to 7 ms and the loop idled: 1,920 commands/s
+# (0.27 of echo) against 2,125 (0.30) capped at 5 ms, four alternating rounds each. With
+# the same machine half as fast, the cap made no difference (943 against 948/s). But on
+# a machine running Python slower still (500-700 commands/s), groups at 5 ms held only
+# 3-4 commands; fixed windows of 8 and 12 ms served 6% and 11% more than the window
+# capped at 5 ms, and in another run 12 ms served 29% more than a fixed 5 ms (three
+# alternating rounds each). So the window may grow to 15 ms, but only while groups
+# average fewer than 8 commands (`WRITE_GROUP_FILL`): past that a group's cost is spread
+# thinly and a longer window only makes callers wait. It shrinks while they average more
+# than 16, however busy the loop, so a window grown while the machine was slow comes
+# down when it speeds up. On the saturated machine it would not have grown past 5 ms:
+# groups start at least a window apart, so at 2,125/s they averaged over 10. On the slow
+# machine it ended at 12.7 ms with 7.9 commands per write, 0.35 of echo as fixed at 12
+# ms (0.35; four alternating rounds); capped at 5 ms it had made 0.30. With 8 callers it
+# ended at 7 ms, as good as 5 ms (0.26) and better than 2 ms (0.24); with 4 it shrank to
+# 2 ms.
 WRITE_WINDOW = 0.005
 WRITE_WINDOW_LEAST, WRITE_WINDOW_MOST = 0.001, 0.015
 WRITE_GROUP_FILL = 8

@@ -1,6 +1,6 @@
-"""The adaptive write window: shrinks while the event loop idles with groups held, grows
-while it is short of CPU and its groups are short of their fill, stays between, and never
-leaves its bounds."""
+"""The adaptive write window: shrinks while the event loop idles with groups held or its
+groups are twice their fill, grows while the loop is short of CPU and its groups are
+short of their fill, stays between, and never leaves its bounds."""
 
 from __future__ import annotations
 
@@ -90,6 +90,20 @@ def test_a_busy_loop_grows_the_window_only_while_its_groups_are_short_of_their_f
     value, now = run_period(adaptive, busy, value, now, share=0.5, group=12)
     assert value == pytest.approx(0.005)
     assert adaptive.shrunk == 1
+
+
+def test_groups_over_twice_the_fill_shrink_the_window_however_busy_the_loop():
+    # Grown while the machine was slow, then the machine sped up: a loop waiting for a
+    # core still counts as busy, but groups of 17 show a shorter window would fill them.
+    busy = Busy()
+    adaptive = window(busy, fill=8)
+    assert adaptive.adjust(0.008, 0.0, busy.appends) == 0.008
+    value, now = run_period(adaptive, busy, 0.008, 0.0, share=1.0, group=17)
+    assert value == pytest.approx(0.008 / 1.25)
+    # Up to twice the fill, it stays.
+    value, now = run_period(adaptive, busy, value, now, share=1.0, group=16)
+    assert value == pytest.approx(0.008 / 1.25)
+    assert (adaptive.shrunk, adaptive.grew) == (1, 0)
 
 
 def test_the_window_is_changed_once_a_period_not_at_every_group():
