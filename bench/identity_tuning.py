@@ -8,10 +8,10 @@ lines.
 Without --notify, every setting uses the notify interval the service is served with;
 `auto` is the adaptive window it is served with (`libs.eventstore.window`).
 
-One identity service as served (the search index following the store, over an index
-that starts empty, or with --people synthetic people loaded first as `bench.identity`
-loads its million) takes RegisterPerson from 16 clients (or --clients) in another process, as in
-`bench.identity`, under each pair of write window (`EventStore.batch_window`, ms) and
+One identity service as served (the search index following the store, over an index that
+starts empty, or with --people synthetic people loaded first as `bench.identity` loads
+its million) takes RegisterPerson from 16 clients (or --clients) in another process, as
+in `bench.identity`, under each pair of write window (`EventStore.batch_window`, ms) and
 notify interval (`EventStore.notify_interval`, ms) given. Each round runs every setting
 once, each as an echo baseline followed by RegisterPerson, and starts one setting later
 than the round before, so that the machine's drift over minutes favours none. Per
