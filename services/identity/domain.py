@@ -16,6 +16,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 
 from libs.domain.errors import InvalidFieldError, RuleViolatedError
+from libs.domain.ids import time_ordered_id
 from services.identity.identifiers import IDENTIFIER_TYPES, Identifier, IdentifierType
 
 OLDEST_AGE_YEARS = 130
@@ -120,7 +121,12 @@ def _identifier(pair: list[str]) -> Identifier:
 
 class Person(Aggregate):
     """One person on the record. `occurred_at` on each event is when the fact happened
-    (or was decided); the store adds when it was recorded and by whom."""
+    (or was decided); the store adds when it was recorded and by whom. A new person's id
+    sorts by when it was made (`libs.domain.ids`)."""
+
+    @staticmethod
+    def create_id() -> UUID:
+        return time_ordered_id()
 
     @event("Registered")
     def __init__(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime
 from uuid import UUID, uuid5
 
@@ -44,6 +45,15 @@ def test_registering_records_one_event_with_every_fact():
     (registered,) = ann.collect_events()
     assert type(registered).__name__ == "Registered"
     assert registered.occurred_at == NOW
+
+
+def test_a_new_person_id_sorts_by_when_it_was_made():
+    before_ms = time.time_ns() // 1_000_000
+    ann, bob = person(), person("Bob")
+    after_ms = time.time_ns() // 1_000_000
+    assert ann.id.version == bob.id.version == 7
+    assert before_ms <= ann.id.int >> 80 <= bob.id.int >> 80 <= after_ms
+    assert ann.id != bob.id
 
 
 def test_names_keep_their_script_and_punctuation_but_not_empty():
